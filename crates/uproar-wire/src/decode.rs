@@ -104,6 +104,20 @@ impl Decoder {
                 if header.payload_len > self.max_frame_size {
                     return Err(ProtocolError::FrameTooLarge);
                 }
+                // The whole payload is here (the common case for small frames): no state.
+                if header.payload_len <= (buf.len() - *pos) as u64 {
+                    let range = *pos..*pos + header.payload_len as usize;
+                    if let Some(key) = header.mask {
+                        mask::unmask(&mut buf[range.clone()], key, 0);
+                    }
+                    *pos = range.end;
+                    return Ok(Some(Chunk {
+                        header,
+                        payload: range,
+                        first: true,
+                        last: true,
+                    }));
+                }
                 self.frame.insert(InFrame {
                     header,
                     remaining: header.payload_len,
@@ -177,5 +191,75 @@ impl Decoder {
                 Ok(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{OpCode, encode_frame};
+
+    /// Two masked frames (one with a 16-bit length) fed in two buffers cut at every point:
+    /// pieces come back in order with the right flags, unmasked, covering every payload byte.
+    #[test]
+    fn chunks_at_every_split() {
+        let a: Vec<u8> = (0..200u8).collect();
+        let mut input = Vec::new();
+        encode_frame(&mut input, false, OpCode::Binary, &a, Some([1, 2, 3, 4]));
+        encode_frame(
+            &mut input,
+            true,
+            OpCode::Continuation,
+            b"xyz",
+            Some([9, 9, 9, 9]),
+        );
+        for cut in 0..=input.len() {
+            let mut d = Decoder::new(Role::Server, 1 << 20);
+            let mut got: Vec<(OpCode, Vec<u8>, bool, bool)> = Vec::new();
+            for piece in [&input[..cut], &input[cut..]] {
+                let mut buf = piece.to_vec();
+                let mut pos = 0;
+                while let Some(c) = d.decode(&mut buf, &mut pos).unwrap() {
+                    assert!(c.payload.end <= buf.len() && c.payload.start <= c.payload.end);
+                    got.push((c.header.opcode, buf[c.payload].to_vec(), c.first, c.last));
+                }
+                assert_eq!(pos, buf.len());
+            }
+            assert!(d.is_idle());
+            let join = |op| -> Vec<u8> {
+                got.iter()
+                    .filter(|g| g.0 == op)
+                    .flat_map(|g| g.1.clone())
+                    .collect()
+            };
+            assert_eq!(join(OpCode::Binary), a, "cut {cut}");
+            assert_eq!(join(OpCode::Continuation), b"xyz", "cut {cut}");
+            for op in [OpCode::Binary, OpCode::Continuation] {
+                let mine: Vec<_> = got.iter().filter(|g| g.0 == op).collect();
+                assert!(
+                    mine.first().unwrap().2 && mine.last().unwrap().3,
+                    "cut {cut}"
+                );
+                assert!(mine.iter().skip(1).all(|g| !g.2), "cut {cut}");
+                assert!(mine.iter().rev().skip(1).all(|g| !g.3), "cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_decoder_stays_failed() {
+        let mut d = Decoder::new(Role::Server, 10);
+        let mut buf = [0x82, 0x8B, 1, 2, 3, 4];
+        let mut pos = 0;
+        assert_eq!(
+            d.decode(&mut buf, &mut pos),
+            Err(ProtocolError::FrameTooLarge)
+        );
+        let mut buf = [0x82, 0x80, 1, 2, 3, 4];
+        let mut pos = 0;
+        assert_eq!(
+            d.decode(&mut buf, &mut pos),
+            Err(ProtocolError::FrameTooLarge)
+        );
     }
 }

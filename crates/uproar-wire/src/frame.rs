@@ -52,6 +52,28 @@ impl OpCode {
     }
 }
 
+/// Bit `n` set when opcode `n` is defined: 0, 1, 2, 8, 9, 10.
+const VALID_OPCODES: u16 = 0b0000_0111_0000_0111;
+
+/// Which rule the first two header bytes broke (the hot path only knows that one did).
+#[cold]
+fn first_byte_error(b0: u8, b1: u8, role: Role, allowed_rsv: u8) -> ProtocolError {
+    let op = b0 & 0xF;
+    if ((b0 >> 4) & 0x7 & !allowed_rsv) != 0 {
+        ProtocolError::ReservedBits
+    } else if OpCode::from_u8(op).is_none() {
+        ProtocolError::ReservedOpcode
+    } else if op & 0x8 != 0 && b0 & 0x80 == 0 {
+        ProtocolError::FragmentedControlFrame
+    } else if op & 0x8 != 0 && (b1 & 0x7F) > 125 {
+        ProtocolError::ControlFrameTooLong
+    } else if role == Role::Server {
+        ProtocolError::UnmaskedClientFrame
+    } else {
+        ProtocolError::MaskedServerFrame
+    }
+}
+
 /// Largest payload of a control frame.
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// Longest frame header: 2 bytes, 8 bytes of extended length, 4 bytes of mask key.
@@ -96,28 +118,20 @@ impl FrameHeader {
             [b0, b1, ..] => (*b0, *b1),
             _ => return Ok(None),
         };
-        let fin = b0 & 0x80 != 0;
-        let rsv = (b0 >> 4) & 0x7;
-        if rsv & !allowed_rsv != 0 {
-            return Err(ProtocolError::ReservedBits);
-        }
-        let opcode = OpCode::from_u8(b0 & 0xF).ok_or(ProtocolError::ReservedOpcode)?;
+        // One test for every rule the first two bytes can break; the cold path says which.
+        let op = b0 & 0xF;
         let masked = b1 & 0x80 != 0;
         let len7 = b1 & 0x7F;
-        if opcode.is_control() {
-            if !fin {
-                return Err(ProtocolError::FragmentedControlFrame);
-            }
-            if usize::from(len7) > MAX_CONTROL_PAYLOAD {
-                return Err(ProtocolError::ControlFrameTooLong);
-            }
+        let is_control = op & 0x8 != 0;
+        let bad = (((b0 >> 4) & 0x7 & !allowed_rsv) != 0)
+            | ((VALID_OPCODES >> op) & 1 == 0)
+            | (is_control & ((b0 & 0x80 == 0) | (len7 > 125)))
+            | (masked != (role == Role::Server));
+        if bad {
+            return Err(first_byte_error(b0, b1, role, allowed_rsv));
         }
-        match (role, masked) {
-            (Role::Server, false) => return Err(ProtocolError::UnmaskedClientFrame),
-            (Role::Client, true) => return Err(ProtocolError::MaskedServerFrame),
-            _ => {}
-        }
-        let (payload_len, mut n) = match len7 {
+        let opcode = OpCode::from_u8(op).ok_or(ProtocolError::ReservedOpcode)?;
+        let (payload_len, n) = match len7 {
             126 => {
                 let Some(b) = buf.get(2..4) else {
                     return Ok(None);
@@ -143,25 +157,20 @@ impl FrameHeader {
             }
             short => (u64::from(short), 2),
         };
-        let mask = if masked {
-            let Some(k) = buf.get(n..n + 4) else {
-                return Ok(None);
-            };
-            n += 4;
-            Some([k[0], k[1], k[2], k[3]])
-        } else {
-            None
+        let header = |mask| FrameHeader {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 0x7,
+            opcode,
+            mask,
+            payload_len,
         };
-        Ok(Some((
-            FrameHeader {
-                fin,
-                rsv,
-                opcode,
-                mask,
-                payload_len,
-            },
-            n,
-        )))
+        if !masked {
+            return Ok(Some((header(None), n)));
+        }
+        match buf.get(n..n + 4) {
+            Some(&[k0, k1, k2, k3]) => Ok(Some((header(Some([k0, k1, k2, k3])), n + 4))),
+            _ => Ok(None),
+        }
     }
 
     /// The encoded form of this header.

@@ -39,13 +39,29 @@ fn incomplete_tail(data: &[u8]) -> usize {
     len
 }
 
-/// Whether `bytes` (an incomplete sequence) can still become a valid code point.
+/// Whether `s` (1 to 4 bytes from a lead byte on) is a valid code point or the start of one
+/// (Unicode table 3-7: the second byte's range depends on the lead, which excludes overlong
+/// forms, surrogates and values over U+10FFFF; later bytes are plain continuations).
 #[inline]
-fn is_valid_prefix(bytes: &[u8]) -> bool {
-    match simdutf8::compat::from_utf8(bytes) {
-        Ok(_) => true,
-        Err(e) => e.error_len().is_none(),
+fn is_valid_prefix(s: &[u8]) -> bool {
+    let Some(&lead) = s.first() else { return true };
+    let n = seq_len(lead);
+    if n == 0 || s.len() > n {
+        return false;
     }
+    if let Some(&b1) = s.get(1) {
+        let ok = match lead {
+            0xE0 => (0xA0..=0xBF).contains(&b1),
+            0xED => (0x80..=0x9F).contains(&b1),
+            0xF0 => (0x90..=0xBF).contains(&b1),
+            0xF4 => (0x80..=0x8F).contains(&b1),
+            _ => b1 & 0xC0 == 0x80,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    s.iter().skip(2).all(|b| b & 0xC0 == 0x80)
 }
 
 impl Utf8Validator {
@@ -174,6 +190,27 @@ mod tests {
                 for c in [0x41u8, 0x80, 0xBF, 0xC0] {
                     check_all_splits(&[a, b, c]);
                 }
+            }
+        }
+    }
+
+    /// Every sequence of 1 to 4 bytes drawn from the values at UTF-8's range boundaries, at
+    /// every split, agrees with std.
+    #[test]
+    fn boundary_bytes_up_to_4_long_agree_with_std() {
+        const B: [u8; 19] = [
+            0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xED,
+            0xEF, 0xF0, 0xF4, 0xF5, 0xFF,
+        ];
+        let mut seq = Vec::with_capacity(4);
+        for len in 1..=4u32 {
+            for mut i in 0..B.len().pow(len) {
+                seq.clear();
+                for _ in 0..len {
+                    seq.push(B[i % B.len()]);
+                    i /= B.len();
+                }
+                check_all_splits(&seq);
             }
         }
     }

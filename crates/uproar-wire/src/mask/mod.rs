@@ -32,7 +32,7 @@ pub const SMALL: usize = 32;
 pub fn unmask(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
     let k = rotate(key, phase);
     if buf.len() < SMALL {
-        swar::xor(buf, k);
+        swar::short(buf, k);
     } else {
         run(Backend::selected(), buf, k);
     }

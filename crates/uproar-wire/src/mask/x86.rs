@@ -43,33 +43,47 @@ pub(crate) unsafe fn xor_sse2(buf: &mut [u8], key: u32) {
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn xor_avx2(buf: &mut [u8], key: u32) {
-    // Step to a 32-byte boundary with the portable code, then run whole vectors.
-    let head = buf.as_ptr().align_offset(32).min(buf.len());
-    let (h, body) = buf.split_at_mut(head);
-    swar::xor(h, key);
-    let key = super::rotate_u32(key, head);
+    // Long buffers first step to a 32-byte boundary (so no store splits a cache line), then run
+    // 128 bytes per iteration. Head and tail are under 32 bytes: a few word-sized steps.
+    let mut key = key;
+    let mut body = buf;
+    if body.len() >= 256 {
+        let head = body.as_ptr().align_offset(32).min(31);
+        let (h, rest) = body.split_at_mut(head);
+        swar::short(h, key);
+        key = super::rotate_u32(key, head);
+        body = rest;
+    }
     let k = _mm256_set1_epi32(key as i32);
-    let mut chunks = body.chunks_exact_mut(128);
-    for c in &mut chunks {
-        let p = c.as_mut_ptr().cast::<__m256i>();
-        // SAFETY: `c` is 128 bytes long, so `p.add(0..4)` covers exactly its four 32-byte
-        // lanes; unaligned load/store intrinsics accept any address.
+    let len = body.len();
+    let p = body.as_mut_ptr();
+    let mut i = 0;
+    while i + 128 <= len {
+        // SAFETY: `i + 128 <= len`: the four 32-byte vectors at `p + i` lie inside `body`;
+        // unaligned load/store intrinsics accept any address.
         unsafe {
-            let (a, b) = (_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1)));
-            let (c2, d) = (_mm256_loadu_si256(p.add(2)), _mm256_loadu_si256(p.add(3)));
-            _mm256_storeu_si256(p, _mm256_xor_si256(a, k));
-            _mm256_storeu_si256(p.add(1), _mm256_xor_si256(b, k));
-            _mm256_storeu_si256(p.add(2), _mm256_xor_si256(c2, k));
-            _mm256_storeu_si256(p.add(3), _mm256_xor_si256(d, k));
+            let q = p.add(i).cast::<__m256i>();
+            let a = _mm256_loadu_si256(q);
+            let b = _mm256_loadu_si256(q.add(1));
+            let c = _mm256_loadu_si256(q.add(2));
+            let d = _mm256_loadu_si256(q.add(3));
+            _mm256_storeu_si256(q, _mm256_xor_si256(a, k));
+            _mm256_storeu_si256(q.add(1), _mm256_xor_si256(b, k));
+            _mm256_storeu_si256(q.add(2), _mm256_xor_si256(c, k));
+            _mm256_storeu_si256(q.add(3), _mm256_xor_si256(d, k));
         }
+        i += 128;
     }
-    let mut chunks32 = chunks.into_remainder().chunks_exact_mut(32);
-    for c in &mut chunks32 {
-        let p = c.as_mut_ptr().cast::<__m256i>();
-        // SAFETY: `c` is exactly 32 bytes; unaligned access is allowed.
-        unsafe { _mm256_storeu_si256(p, _mm256_xor_si256(_mm256_loadu_si256(p), k)) };
+    while i + 32 <= len {
+        // SAFETY: `i + 32 <= len`: the vector at `p + i` lies inside `body`.
+        unsafe {
+            let q = p.add(i).cast::<__m256i>();
+            _mm256_storeu_si256(q, _mm256_xor_si256(_mm256_loadu_si256(q), k));
+        }
+        i += 32;
     }
-    swar::xor(chunks32.into_remainder(), key);
+    // Multiples of 32 keep the key phase.
+    swar::short(&mut body[i..], key);
 }
 
 /// # Safety

@@ -1,0 +1,2 @@
+//! Criterion benchmarks live in `benches/`; see `docs/benchmarks.md` for how to run them and
+//! what they showed.
