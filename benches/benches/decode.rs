@@ -50,6 +50,49 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // 64 different small-frame headers per iteration (lengths 0..=63, distinct keys): the
+    // per-header cost without the harness's per-call `black_box` round trip through memory.
+    let batch: Vec<Vec<u8>> = (0..64u8)
+        .map(|i| {
+            let mut v = Vec::new();
+            encode_frame(
+                &mut v,
+                true,
+                OpCode::Binary,
+                &vec![0; usize::from(i)],
+                Some([i, 1, 2, 3]),
+            );
+            v
+        })
+        .collect();
+    let mut g = c.benchmark_group("header_x64");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("uproar_parse", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for f in black_box(&batch) {
+                if let Ok(Some((h, n))) = FrameHeader::parse(f, Role::Server) {
+                    sum += h.payload_len + n as u64;
+                }
+            }
+            sum
+        })
+    });
+    g.bench_function("tungstenite_parse", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for f in black_box(&batch) {
+                if let Ok(Some((_, len))) =
+                    tungstenite::protocol::frame::FrameHeader::parse(&mut Cursor::new(&f[..]))
+                {
+                    sum += len;
+                }
+            }
+            sum
+        })
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("decode");
     let n = 1000;
     let input = frames(n, 20);

@@ -55,6 +55,19 @@ impl OpCode {
 /// Bit `n` set when opcode `n` is defined: 0, 1, 2, 8, 9, 10.
 const VALID_OPCODES: u16 = 0b0000_0111_0000_0111;
 
+/// Opcode by value; reserved values map to `Continuation` but are rejected before lookup.
+const OPCODE_TABLE: [OpCode; 16] = {
+    let mut t = [OpCode::Continuation; 16];
+    let mut i = 0;
+    while i < 16 {
+        if let Some(op) = OpCode::from_u8(i as u8) {
+            t[i] = op;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// Which rule the first two header bytes broke (the hot path only knows that one did).
 #[cold]
 fn first_byte_error(b0: u8, b1: u8, role: Role, allowed_rsv: u8) -> ProtocolError {
@@ -130,36 +143,68 @@ impl FrameHeader {
         if bad {
             return Err(first_byte_error(b0, b1, role, allowed_rsv));
         }
-        let opcode = OpCode::from_u8(op).ok_or(ProtocolError::ReservedOpcode)?;
-        let (payload_len, n) = match len7 {
-            126 => {
-                let Some(b) = buf.get(2..4) else {
-                    return Ok(None);
-                };
-                let v = u16::from_be_bytes([b[0], b[1]]);
-                if v < 126 {
-                    return Err(ProtocolError::NonMinimalLength);
-                }
-                (u64::from(v), 4)
+        // `op` passed the VALID_OPCODES test, so the table entry is its opcode.
+        let opcode = OPCODE_TABLE[usize::from(op)];
+        let fin = b0 & 0x80 != 0;
+        let rsv = (b0 >> 4) & 0x7;
+        if len7 < 126 {
+            // The common case: one bounds check for the whole header. `masked` was checked
+            // against the role above, so the role decides the shape.
+            let payload_len = u64::from(len7);
+            return Ok(match role {
+                Role::Server => match buf.first_chunk::<6>() {
+                    Some(&[_, _, k0, k1, k2, k3]) => {
+                        let mask = Some([k0, k1, k2, k3]);
+                        Some((
+                            FrameHeader {
+                                fin,
+                                rsv,
+                                opcode,
+                                mask,
+                                payload_len,
+                            },
+                            6,
+                        ))
+                    }
+                    None => None,
+                },
+                Role::Client => Some((
+                    FrameHeader {
+                        fin,
+                        rsv,
+                        opcode,
+                        mask: None,
+                        payload_len,
+                    },
+                    2,
+                )),
+            });
+        }
+        let (payload_len, n) = if len7 == 126 {
+            let Some(b) = buf.get(2..4) else {
+                return Ok(None);
+            };
+            let v = u16::from_be_bytes([b[0], b[1]]);
+            if v < 126 {
+                return Err(ProtocolError::NonMinimalLength);
             }
-            127 => {
-                let Some(b) = buf.get(2..10) else {
-                    return Ok(None);
-                };
-                let v = u64::from_be_bytes(b.try_into().expect("8 bytes"));
-                if v >> 63 != 0 {
-                    return Err(ProtocolError::LengthHighBit);
-                }
-                if v <= 0xFFFF {
-                    return Err(ProtocolError::NonMinimalLength);
-                }
-                (v, 10)
+            (u64::from(v), 4)
+        } else {
+            let Some(b) = buf.get(2..10) else {
+                return Ok(None);
+            };
+            let v = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+            if v >> 63 != 0 {
+                return Err(ProtocolError::LengthHighBit);
             }
-            short => (u64::from(short), 2),
+            if v <= 0xFFFF {
+                return Err(ProtocolError::NonMinimalLength);
+            }
+            (v, 10)
         };
         let header = |mask| FrameHeader {
-            fin: b0 & 0x80 != 0,
-            rsv: (b0 >> 4) & 0x7,
+            fin,
+            rsv,
             opcode,
             mask,
             payload_len,

@@ -28,15 +28,22 @@ pub const SMALL: usize = 32;
 /// the next piece of the same payload, `(phase + buf.len()) % 4`.
 ///
 /// Masking and unmasking are the same operation.
-#[inline]
+#[inline(always)]
 pub fn unmask(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
     let k = rotate(key, phase);
     if buf.len() < SMALL {
         swar::short(buf, k);
     } else {
-        run(Backend::selected(), buf, k);
+        unmask_dispatched(buf, k);
     }
     (phase + buf.len()) & 3
+}
+
+/// The vector path, out of line so the short path inlined into callers stays small and does
+/// not pay for this one's register saves.
+#[inline(never)]
+fn unmask_dispatched(buf: &mut [u8], key: u32) {
+    run(Backend::selected(), buf, key);
 }
 
 /// [`unmask`] with an explicit backend, for tests and benchmarks.
