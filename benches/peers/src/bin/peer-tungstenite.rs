@@ -1,0 +1,104 @@
+//! tokio-tungstenite peer: current-thread runtime, one task per connection, a writer task per
+//! subscriber fed by an unbounded channel (tungstenite's `Message` shares its bytes on clone).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use uproar_peers::{Route, listen_addr};
+
+type Topics = Rc<RefCell<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>)>>>>;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let listener = TcpListener::bind(listen_addr()).await.unwrap();
+        let topics: Topics = Rc::default();
+        let mut next_id = 0u64;
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            next_id += 1;
+            tokio::task::spawn_local(serve(s, topics.clone(), next_id));
+        }
+    });
+}
+
+async fn serve(s: TcpStream, topics: Topics, id: u64) {
+    let _ = s.set_nodelay(true);
+    let route = Rc::new(RefCell::new(None));
+    let r2 = route.clone();
+    // The callback's signature is tungstenite's; its error type is large by design.
+    #[allow(clippy::result_large_err)]
+    let cb = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        match Route::of(target) {
+            Some(r) => {
+                *r2.borrow_mut() = Some(r);
+                Ok(resp)
+            }
+            None => {
+                let mut e = ErrorResponse::new(Some("not found".into()));
+                *e.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+                Err(e)
+            }
+        }
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
+        return;
+    };
+    let route = route.borrow_mut().take();
+    let (mut sink, mut stream) = ws.split();
+    match route {
+        Some(Route::Echo) => {
+            while let Some(Ok(m)) = stream.next().await {
+                if (m.is_text() || m.is_binary()) && sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Some(Route::Topic { name, subscribe }) => {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+            if subscribe {
+                topics
+                    .borrow_mut()
+                    .entry(name.clone())
+                    .or_default()
+                    .push((id, tx));
+            }
+            let writer = tokio::task::spawn_local(async move {
+                while let Some(m) = rx.recv().await {
+                    if sink.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some(Ok(m)) = stream.next().await {
+                if (m.is_text() || m.is_binary())
+                    && let Some(subs) = topics.borrow().get(&name)
+                {
+                    for (_, tx) in subs {
+                        let _ = tx.send(m.clone());
+                    }
+                }
+            }
+            if let Some(subs) = topics.borrow_mut().get_mut(&name) {
+                subs.retain(|(i, _)| *i != id);
+            }
+            writer.abort();
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,219 @@
+//! `loadtest`: drive any `ws://` server and measure it. Exit status: 0 when every message was
+//! verified, 1 when verification failed or connections broke, 2 when the run could not start.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use uproar_loadtest::{Load, RunConfig, Scenario, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Load generator for RFC 6455 WebSocket servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Cmd,
+    /// Load threads [default: the CPUs this process may run on, e.g. under taskset].
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// The server's pid: its CPU time over the window and its RSS go into the report.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No live progress line.
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// N connections send messages that the server echoes; every echo is checked.
+    Echo {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Message size in bytes (at least 16: sequence number and timestamp).
+        #[arg(long, default_value_t = 20)]
+        size: usize,
+        /// Closed loop: messages in flight per connection [default: 1].
+        #[arg(long, conflicts_with = "rate")]
+        depth: Option<u32>,
+        /// Open loop: messages per second in total; latency from the scheduled send time.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Binary frames instead of text.
+        #[arg(long)]
+        binary: bool,
+    },
+    /// Publishers send to a topic URL at a fixed rate; every subscriber checks every message.
+    Broadcast {
+        /// The topic URL subscribers connect to (e.g. ws://127.0.0.1:9001/ws/bench).
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Messages per second, all publishers together.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
+        size: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// This fraction of subscribers stops reading after the handshake.
+        #[arg(long, default_value_t = 0.0)]
+        slow_fraction: f64,
+        /// Publishers' URL [default: --url with ?mode=pub].
+        #[arg(long)]
+        publish_url: Option<String>,
+        #[arg(long)]
+        binary: bool,
+    },
+    /// Open and hold N connections; connect latency; with --server-pid, server RSS per connection.
+    Connect {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// New connections per second [default: as fast as possible].
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        hold: Duration,
+    },
+}
+
+/// `10s`, `500ms`, `2m`, `1.5s`; a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    if !(0.0..1e7).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (url, scenario, duration, warmup) = match cli.scenario {
+        Cmd::Echo {
+            url,
+            connections,
+            size,
+            depth,
+            rate,
+            duration,
+            warmup,
+            binary,
+        } => {
+            let load = match rate {
+                Some(r) => Load::Rate(r),
+                None => Load::Depth(depth.unwrap_or(1)),
+            };
+            (
+                url,
+                Scenario::Echo {
+                    connections,
+                    size,
+                    binary,
+                    load,
+                },
+                duration,
+                warmup,
+            )
+        }
+        Cmd::Broadcast {
+            url,
+            subscribers,
+            publishers,
+            rate,
+            size,
+            duration,
+            warmup,
+            slow_fraction,
+            publish_url,
+            binary,
+        } => (
+            url,
+            Scenario::Broadcast {
+                subscribers,
+                publishers,
+                rate,
+                size,
+                binary,
+                slow_fraction,
+                publish_url,
+            },
+            duration,
+            warmup,
+        ),
+        Cmd::Connect {
+            url,
+            connections,
+            rate,
+            hold,
+        } => (
+            url,
+            Scenario::Connect {
+                connections,
+                rate,
+                hold,
+            },
+            Duration::ZERO,
+            Duration::ZERO,
+        ),
+    };
+    let cfg = RunConfig {
+        url,
+        scenario,
+        duration,
+        warmup,
+        threads,
+        server_pid: cli.server_pid,
+        progress: !cli.quiet && !cli.json,
+    };
+    match run(&cfg) {
+        Ok(report) => {
+            if cli.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.text());
+            }
+            if report.failed() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
