@@ -54,6 +54,10 @@ enum Cmd {
         /// Binary frames instead of text.
         #[arg(long)]
         binary: bool,
+        /// The server is a raw TCP echo (no WebSocket, e.g. peer-uring-echo): skip the
+        /// handshake; the same frames go out and are checked when they come back.
+        #[arg(long)]
+        raw_tcp: bool,
     },
     /// Publishers send to a topic URL at a fixed rate; every subscriber checks every message.
     Broadcast {
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
             duration,
             warmup,
             binary,
+            raw_tcp,
         } => {
             let load = match rate {
                 Some(r) => Load::Rate(r),
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
                     size,
                     binary,
                     load,
+                    raw_tcp,
                 },
                 duration,
                 warmup,

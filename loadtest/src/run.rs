@@ -97,6 +97,9 @@ pub enum Scenario {
         size: usize,
         binary: bool,
         load: Load,
+        /// The server is a raw TCP echo (no WebSocket): skip the handshake and decode the
+        /// reflected client frames. Measures the kernel's ceiling with the same traffic.
+        raw_tcp: bool,
     },
     /// Publishers send to a topic; every subscriber checks every message.
     Broadcast {
@@ -311,6 +314,7 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
         rate: 0.0,
         connect_rate: None,
         publishers: 0,
+        raw_tcp: false,
     };
     let check_size = |size: usize| {
         if size < STAMP_LEN {
@@ -327,8 +331,10 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
             size,
             binary,
             load,
+            raw_tcp,
         } => {
             params.size = check_size(*size)?;
+            params.raw_tcp = *raw_tcp;
             params.opcode = if *binary {
                 OpCode::Binary
             } else {
@@ -340,7 +346,8 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
             }
             let p = json!({"connections": connections, "size": size, "binary": binary,
                 "depth": params.depth, "rate": if params.depth.is_none() { Some(params.rate) } else { None },
-                "duration_secs": cfg.duration.as_secs_f64(), "warmup_secs": cfg.warmup.as_secs_f64(), "threads": cfg.threads, "url": cfg.url});
+                "duration_secs": cfg.duration.as_secs_f64(), "warmup_secs": cfg.warmup.as_secs_f64(), "threads": cfg.threads, "url": cfg.url,
+                "raw_tcp": raw_tcp});
             (vec![Role::Echo; *connections], params, "echo", p)
         }
         Scenario::Broadcast {

@@ -45,6 +45,9 @@ pub(crate) struct Params {
     pub connect_rate: Option<f64>,
     /// Publishers in the whole run (subscribers track each).
     pub publishers: usize,
+    /// Raw TCP echo (the kernel's ceiling): no handshake, and what comes back are our own
+    /// masked frames, decoded in the server role.
+    pub raw_tcp: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,8 @@ struct Client {
     hs: ClientHandshake,
     hs_buf: Vec<u8>,
     ws: Connection,
+    /// Raw TCP echo only: decodes the reflected (masked) frames.
+    rx: Option<Connection>,
     out: Vec<u8>,
     out_pos: usize,
     dirty: bool,
@@ -138,6 +143,13 @@ impl Worker {
                         u64::from_le_bytes(r[..8].try_into().expect("8 bytes"))
                     },
                 ),
+                rx: params.raw_tcp.then(|| {
+                    Connection::server(Config {
+                        max_message_size: 1 << 30,
+                        max_frame_size: 1 << 30,
+                        ..Config::default()
+                    })
+                }),
                 out: Vec::new(),
                 out_pos: 0,
                 dirty: false,
@@ -446,6 +458,17 @@ impl Worker {
             }
         }
         let _ = s.set_nodelay(true);
+        if self.params.raw_tcp {
+            c.phase = CPhase::Open;
+            self.connecting -= 1;
+            self.stats.counters.opened += 1;
+            self.shared.opened.fetch_add(1, Relaxed);
+            let _ = self
+                .stats
+                .connect
+                .record((c.started.elapsed().as_micros() as u64).max(1));
+            return;
+        }
         let t = if matches!(c.role, Role::Publisher(_)) {
             &self.params.pub_target
         } else {
@@ -546,7 +569,11 @@ impl Worker {
         let mut pos = 0;
         loop {
             let c = &mut self.clients[i];
-            let got = match c.ws.handle_read(data, &mut pos) {
+            let reader = match c.rx.as_mut() {
+                Some(rx) => rx,
+                None => &mut c.ws,
+            };
+            let got = match reader.handle_read(data, &mut pos) {
                 Ok(Some(Event::Message { data: m, .. })) => match c.role {
                     Role::Echo | Role::Subscriber { .. } => {
                         Got::Msg(payload::stamp(m), payload::verify(m, size).is_ok())

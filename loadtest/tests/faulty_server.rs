@@ -192,6 +192,7 @@ fn echo_cfg(addr: SocketAddr, load: Load) -> RunConfig {
             size: 40,
             binary: false,
             load,
+            raw_tcp: false,
         },
         duration: Duration::from_millis(800),
         warmup: Duration::from_millis(200),
@@ -397,4 +398,36 @@ fn connect_scenario_opens_and_holds() {
     assert!(!r.failed(), "{}", r.text());
     assert!(!r.connect_us.is_empty());
     assert!(r.rss_per_connection_kib.is_some());
+}
+
+/// A plain TCP echo (no WebSocket) reflects the client's masked frames; `raw_tcp` mode checks
+/// them like any echo.
+#[test]
+fn raw_tcp_echo_mode() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut cfg = echo_cfg(addr, Load::Depth(4));
+    cfg.scenario = Scenario::Echo {
+        connections: 4,
+        size: 100,
+        binary: true,
+        load: Load::Depth(4),
+        raw_tcp: true,
+    };
+    let r = run(&cfg).unwrap();
+    assert!(!r.failed(), "{}", r.text());
+    assert!(r.deliveries_per_sec > 100.0, "{}", r.text());
 }
