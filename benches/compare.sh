@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Side-by-side comparison: every server pinned to CPU 0, loadtest pinned to CPU 1, servers
+# interleaved (order rotated each round) and repeated, medians and ranges in a table.
+#
+#   benches/compare.sh [ROUNDS] [SECONDS]        default 3 rounds of 5 s (+1 s warm-up) per run
+#   SERVERS="tungstenite fastwebsockets uring" SCENARIOS="echo20_c100_d1 ..." benches/compare.sh
+#
+# Results: target/compare/<round>/<scenario>/<server>.json, table from benches/summarize.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+secs=${2:-5}
+servers=(${SERVERS:-tungstenite fastwebsockets uring})
+scenarios=(${SCENARIOS:-echo20_c100_d1 echo20_c1000_d1 echo20_c100_d16 echo20_c1000_d16 echo16k_c100_d1 bcast20_s32 bcast20_s100 bcast20_s1000 idle10k})
+out=target/compare
+port=9201
+
+ulimit -n "$(ulimit -Hn)"
+cargo build --release -q -p uproar-loadtest -p uproar-peers
+bin=target/release
+
+# Arguments of each scenario (the URL's path is added per server).
+scenario_args() {
+    case "$1" in
+        echo20_c100_d1) echo "echo --connections 100 --size 20 --depth 1" ;;
+        echo20_c1000_d1) echo "echo --connections 1000 --size 20 --depth 1" ;;
+        echo20_c100_d16) echo "echo --connections 100 --size 20 --depth 16" ;;
+        echo20_c1000_d16) echo "echo --connections 1000 --size 20 --depth 16" ;;
+        echo16k_c100_d1) echo "echo --connections 100 --size 16384 --depth 1 --binary" ;;
+        # Fixed publish rates that leave the load generator unsaturated.
+        bcast20_s32) echo "broadcast --subscribers 32 --publishers 1 --rate 2000 --size 20" ;;
+        bcast20_s100) echo "broadcast --subscribers 100 --publishers 1 --rate 1000 --size 20" ;;
+        bcast20_s1000) echo "broadcast --subscribers 1000 --publishers 1 --rate 100 --size 20" ;;
+        idle10k) echo "connect --connections 10000 --hold 2s" ;;
+        *) echo "unknown scenario $1" >&2; exit 2 ;;
+    esac
+}
+
+start_server() { # name -> pid
+    case "$1" in
+        tungstenite) taskset -c 0 "$bin/peer-tungstenite" --listen "127.0.0.1:$port" & ;;
+        fastwebsockets) taskset -c 0 "$bin/peer-fastwebsockets" --listen "127.0.0.1:$port" & ;;
+        uring) taskset -c 0 "$bin/peer-uring-echo" --listen "127.0.0.1:$port" & ;;
+        *) echo "unknown server $1" >&2; exit 2 ;;
+    esac
+    local pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.05
+    done
+    echo "$pid"
+}
+
+rm -rf "$out"
+for r in $(seq 1 "$rounds"); do
+    # Rotate the server order every round so no server always runs first or last.
+    n=${#servers[@]}
+    order=()
+    for i in $(seq 0 $((n - 1))); do order+=("${servers[$(((i + r) % n))]}"); done
+    for sc in "${scenarios[@]}"; do
+        args=$(scenario_args "$sc")
+        for sv in "${order[@]}"; do
+            extra=""
+            path="/echo"
+            case "$sc" in
+                bcast*) path="/ws/bench" ;;
+                idle*) path="/echo" ;;
+            esac
+            if [ "$sv" = uring ]; then
+                # A raw TCP echo has no WebSocket: only echo scenarios, with --raw-tcp.
+                case "$sc" in echo*) extra="--raw-tcp" ;; *) continue ;; esac
+            fi
+            timing="--duration ${secs}s --warmup 1s"
+            case "$sc" in idle*) timing="" ;; esac
+            mkdir -p "$out/$r/$sc"
+            pid=$(start_server "$sv")
+            # shellcheck disable=SC2086
+            taskset -c 1 "$bin/loadtest" $args --url "ws://127.0.0.1:$port$path" $timing $extra \
+                --server-pid "$pid" --json >"$out/$r/$sc/$sv.json" 2>"$out/$r/$sc/$sv.err" || true
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+            echo "round $r $sc $sv: $(head -c 160 "$out/$r/$sc/$sv.json")"
+        done
+    done
+done
+python3 benches/summarize.py "$out"

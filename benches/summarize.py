@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Table of a benches/compare.sh run: per scenario and server, the median (and range over
+rounds) of deliveries per server CPU-second, deliveries per second, p99 latency, and the
+CPU of both sides. `both sat.` marks runs where the server used a whole core and the load
+generator's busiest thread was above 90% too: read those per server CPU-second only.
+
+Usage: benches/summarize.py target/compare
+"""
+import json
+import pathlib
+import statistics
+import sys
+
+root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/compare")
+runs = {}
+for f in sorted(root.glob("*/*/*.json")):
+    rnd, sc, sv = f.parts[-3], f.parts[-2], f.stem
+    try:
+        j = json.loads(f.read_text())
+    except (json.JSONDecodeError, ValueError):
+        err = f.with_suffix(".err").read_text().strip().splitlines()
+        j = {"failed": err[-1] if err else "no output"}
+    runs.setdefault((sc, sv), []).append(j)
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None, None
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def fmt(m, lo, hi, scale=1.0, digits=0):
+    if m is None:
+        return "-"
+    return f"{m / scale:,.{digits}f} [{lo / scale:,.{digits}f}-{hi / scale:,.{digits}f}]"
+
+
+print("| scenario | server | deliveries / server CPU-s | deliveries / s | p99 µs | server cores | client busiest thread | verified | rounds |")
+print("|---|---|---|---|---|---|---|---|---|")
+for (sc, sv), js in sorted(runs.items()):
+    ok = [j for j in js if "failed" not in j]
+    if sc.startswith("idle"):
+        kib = med([j.get("rss_per_connection_kib") for j in ok])
+        print(f"| {sc} | {sv} | RSS per idle connection: {fmt(*kib, digits=2)} KiB | | | | | "
+              f"{sum(1 for j in ok if j['errors'] == 0)}/{len(js)} | {len(js)} |")
+        continue
+    per = med([j.get("messages_per_server_cpu_sec") for j in ok])
+    dps = med([j.get("deliveries_per_sec") for j in ok])
+    p99 = med([j.get("latency_us", {}).get("p99") for j in ok])
+    scpu = med([j.get("server_cpu") for j in ok])
+    ccpu = med([j.get("client_max_thread_cpu") for j in ok])
+    sat = any((j.get("server_cpu") or 0) > 0.9 and j.get("client_max_thread_cpu", 0) > 0.9 for j in ok)
+    verified = sum(1 for j in ok if j["lost"] + j["duplicated"] + j["reordered"] + j["corrupt"] + j["errors"] == 0)
+    note = " (both sat.)" if sat else ""
+    print(f"| {sc} | {sv} | {fmt(*per)} | {fmt(*dps)} | {fmt(*p99)} | {fmt(*scpu, digits=2)} | "
+          f"{fmt(*ccpu, digits=2)}{note} | {verified}/{len(js)} | {len(js)} |")
+for (sc, sv), js in sorted(runs.items()):
+    for j in js:
+        if "failed" in j:
+            print(f"\nfailed: {sc} {sv}: {j['failed']}")
