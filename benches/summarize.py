@@ -36,24 +36,26 @@ def fmt(m, lo, hi, scale=1.0, digits=0):
     return f"{m / scale:,.{digits}f} [{lo / scale:,.{digits}f}-{hi / scale:,.{digits}f}]"
 
 
-print("| scenario | server | deliveries / server CPU-s | deliveries / s | p99 µs | server cores | client busiest thread | verified | rounds |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| scenario | server | deliveries / server CPU-s | deliveries / s | p99 µs | server CPU-µs / msg | client CPU-µs / msg | server cores | client busiest thread | verified | rounds |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for (sc, sv), js in sorted(runs.items()):
     ok = [j for j in js if "failed" not in j]
     if sc.startswith("idle"):
         kib = med([j.get("rss_per_connection_kib") for j in ok])
-        print(f"| {sc} | {sv} | RSS per idle connection: {fmt(*kib, digits=2)} KiB | | | | | "
+        print(f"| {sc} | {sv} | RSS per idle connection: {fmt(*kib, digits=2)} KiB | | | | | | | "
               f"{sum(1 for j in ok if j['errors'] == 0)}/{len(js)} | {len(js)} |")
         continue
     per = med([j.get("messages_per_server_cpu_sec") for j in ok])
     dps = med([j.get("deliveries_per_sec") for j in ok])
     p99 = med([j.get("latency_us", {}).get("p99") for j in ok])
     scpu = med([j.get("server_cpu") for j in ok])
+    s_us = med([1e6 / j["messages_per_server_cpu_sec"] for j in ok if j.get("messages_per_server_cpu_sec")])
+    c_us = med([j["client_cpu"] * 1e6 / j["deliveries_per_sec"] for j in ok if j.get("deliveries_per_sec")])
     ccpu = med([j.get("client_max_thread_cpu") for j in ok])
     sat = any((j.get("server_cpu") or 0) > 0.9 and j.get("client_max_thread_cpu", 0) > 0.9 for j in ok)
     verified = sum(1 for j in ok if j["lost"] + j["duplicated"] + j["reordered"] + j["corrupt"] + j["errors"] == 0)
     note = " (both sat.)" if sat else ""
-    print(f"| {sc} | {sv} | {fmt(*per)} | {fmt(*dps)} | {fmt(*p99)} | {fmt(*scpu, digits=2)} | "
+    print(f"| {sc} | {sv} | {fmt(*per)} | {fmt(*dps)} | {fmt(*p99)} | {fmt(*s_us, digits=2)} | {fmt(*c_us, digits=2)} | {fmt(*scpu, digits=2)} | "
           f"{fmt(*ccpu, digits=2)}{note} | {verified}/{len(js)} | {len(js)} |")
 for (sc, sv), js in sorted(runs.items()):
     for j in js:
