@@ -431,3 +431,33 @@ fn raw_tcp_echo_mode() {
     assert!(!r.failed(), "{}", r.text());
     assert!(r.deliveries_per_sec > 100.0, "{}", r.text());
 }
+
+/// Slow subscribers stop reading after the handshake: they are left out of the loss check and
+/// reported apart with how they ended (this server never closes them: still open).
+#[test]
+fn slow_subscribers_are_reported_apart() {
+    let addr = serve(Fault::None);
+    let cfg = RunConfig {
+        url: format!("ws://{addr}/ws/slow"),
+        scenario: Scenario::Broadcast {
+            subscribers: 5,
+            publishers: 1,
+            rate: 200.0,
+            size: 64,
+            binary: false,
+            slow_fraction: 0.2,
+            publish_url: None,
+        },
+        duration: Duration::from_millis(600),
+        warmup: Duration::from_millis(100),
+        threads: 1,
+        server_pid: None,
+        progress: false,
+    };
+    let r = run(&cfg).unwrap();
+    assert!(!r.failed(), "{}", r.text());
+    assert_eq!(r.slow_subscribers.get("open"), Some(&1), "{}", r.text());
+    // 4 fast subscribers share the deliveries.
+    let ratio = r.deliveries_per_sec / r.messages_per_sec;
+    assert!((3.5..4.5).contains(&ratio), "{}", r.text());
+}
