@@ -36,22 +36,31 @@ scenario_args() {
     esac
 }
 
-start_server() { # name -> pid
+# Start a server pinned to CPU 0 on a fresh port; sets $server_pid. Runs in this shell (not a
+# subshell) so `wait` can reap it, and each run gets its own port so a server that is still
+# exiting can never answer the next run's connections.
+start_server() {
+    port=$((port + 1))
     case "$1" in
-        tungstenite) taskset -c 0 "$bin/peer-tungstenite" --listen "127.0.0.1:$port" & ;;
-        fastwebsockets) taskset -c 0 "$bin/peer-fastwebsockets" --listen "127.0.0.1:$port" & ;;
-        uring) taskset -c 0 "$bin/peer-uring-echo" --listen "127.0.0.1:$port" & ;;
+        tungstenite) taskset -c 0 "$bin/peer-tungstenite" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
+        fastwebsockets) taskset -c 0 "$bin/peer-fastwebsockets" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
+        uring) taskset -c 0 "$bin/peer-uring-echo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
     esac
-    local pid=$!
+    server_pid=$!
     for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return
         sleep 0.05
     done
-    echo "$pid"
+    echo "server $1 did not start" >&2
 }
 
-rm -rf "$out"
+stop_server() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+}
+
+rm -rf "$out" && mkdir -p "$out"
 for r in $(seq 1 "$rounds"); do
     # Rotate the server order every round so no server always runs first or last.
     n=${#servers[@]}
@@ -73,12 +82,11 @@ for r in $(seq 1 "$rounds"); do
             timing="--duration ${secs}s --warmup 1s"
             case "$sc" in idle*) timing="" ;; esac
             mkdir -p "$out/$r/$sc"
-            pid=$(start_server "$sv")
+            start_server "$sv"
             # shellcheck disable=SC2086
             taskset -c 1 "$bin/loadtest" $args --url "ws://127.0.0.1:$port$path" $timing $extra \
-                --server-pid "$pid" --json >"$out/$r/$sc/$sv.json" 2>"$out/$r/$sc/$sv.err" || true
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
+                --server-pid "$server_pid" --json >"$out/$r/$sc/$sv.json" 2>"$out/$r/$sc/$sv.err" || true
+            stop_server
             echo "round $r $sc $sv: $(head -c 160 "$out/$r/$sc/$sv.json")"
         done
     done
