@@ -29,8 +29,8 @@ scenario_args() {
         echo16k_c100_d1) echo "echo --connections 100 --size 16384 --depth 1 --binary" ;;
         # Fixed publish rates that leave the load generator unsaturated.
         bcast20_s32) echo "broadcast --subscribers 32 --publishers 1 --rate 2000 --size 20" ;;
-        bcast20_s100) echo "broadcast --subscribers 100 --publishers 1 --rate 1000 --size 20" ;;
-        bcast20_s1000) echo "broadcast --subscribers 1000 --publishers 1 --rate 100 --size 20" ;;
+        bcast20_s100) echo "broadcast --subscribers 100 --publishers 1 --rate 500 --size 20" ;;
+        bcast20_s1000) echo "broadcast --subscribers 1000 --publishers 1 --rate 50 --size 20" ;;
         idle10k) echo "connect --connections 10000 --hold 2s" ;;
         *) echo "unknown scenario $1" >&2; exit 2 ;;
     esac

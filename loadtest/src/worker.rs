@@ -108,6 +108,8 @@ pub(crate) struct Worker {
     connecting: usize,
     next_connect: Instant,
     senders: Vec<usize>,
+    /// Connections with queued output, flushed once per loop turn.
+    dirty: Vec<usize>,
     rr: usize,
     next_send: Option<Instant>,
     started: bool,
@@ -178,6 +180,7 @@ impl Worker {
             connecting: 0,
             next_connect: now,
             senders: Vec::new(),
+            dirty: Vec::new(),
             rr: 0,
             next_send: None,
             started: false,
@@ -379,18 +382,29 @@ impl Worker {
         }
         c.seq += 1;
         c.outstanding += 1;
-        c.dirty = true;
+        let echo = c.role == Role::Echo;
+        self.mark_dirty(i);
         self.stats.counters.sent += 1;
-        if c.role == Role::Echo {
+        if echo {
             self.shared.in_flight.fetch_add(1, Relaxed);
         }
     }
 
     fn flush_all(&mut self) {
-        for i in 0..self.clients.len() {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
             if self.clients[i].dirty {
                 self.flush(i);
             }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn mark_dirty(&mut self, i: usize) {
+        if !self.clients[i].dirty {
+            self.clients[i].dirty = true;
+            self.dirty.push(i);
         }
     }
 
@@ -431,9 +445,11 @@ impl Worker {
         {
             return;
         }
+        // Output queued while reading, or left over from a short write, goes out once per
+        // loop turn (`flush_all`), so several replies to one connection share a write.
         self.read_all(i, now);
         if self.clients[i].out_pos < self.clients[i].out.len() {
-            self.flush(i);
+            self.mark_dirty(i);
         }
     }
 
@@ -497,7 +513,9 @@ impl Worker {
                     break;
                 }
                 Ok(n) => {
-                    if !self.on_bytes(i, &mut rbuf[..n], now) {
+                    if !self.on_bytes(i, &mut rbuf[..n], now) || n < rbuf.len() {
+                        // A short read drained the socket; data arriving later is a new
+                        // edge-triggered event, so no read is spent just to see EAGAIN.
                         break;
                     }
                 }
@@ -617,9 +635,13 @@ impl Worker {
 
     fn queue_control(&mut self, i: usize) {
         let c = &mut self.clients[i];
+        let mut queued = false;
         while let Some(f) = c.ws.poll_transmit() {
             c.out.extend_from_slice(f.as_bytes());
-            c.dirty = true;
+            queued = true;
+        }
+        if queued {
+            self.mark_dirty(i);
         }
     }
 
