@@ -42,6 +42,36 @@ pub fn listen_addr() -> SocketAddr {
     addr.parse().expect("--listen takes IP:PORT")
 }
 
+/// Run `on_conn(stream, id)` as a task for every accepted connection, all on one thread
+/// (a current-thread runtime with a `LocalSet`, so handlers may share `Rc` state).
+pub fn serve_single_threaded<F, Fut>(mut on_conn: F)
+where
+    F: FnMut(tokio::net::TcpStream, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let listener = tokio::net::TcpListener::bind(listen_addr())
+            .await
+            .expect("bind");
+        let mut id = 0u64;
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    id += 1;
+                    tokio::task::spawn_local(on_conn(s, id));
+                }
+                // Out of file descriptors, say: back off instead of spinning or dying.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

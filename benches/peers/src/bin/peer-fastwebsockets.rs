@@ -11,29 +11,16 @@ use fastwebsockets::{
     FragmentCollector, FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocket,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use uproar_peers::{Route, listen_addr};
+use uproar_peers::{Route, serve_single_threaded};
 use uproar_wire::handshake::{Request, validate_upgrade, write_response};
 
 type Topics = Rc<RefCell<HashMap<String, Vec<(u64, mpsc::UnboundedSender<(OpCode, Vec<u8>)>)>>>>;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let listener = TcpListener::bind(listen_addr()).await.unwrap();
-        let topics: Topics = Rc::default();
-        let mut next_id = 0u64;
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            next_id += 1;
-            tokio::task::spawn_local(serve(s, topics.clone(), next_id));
-        }
-    });
+    let topics: Topics = Rc::default();
+    serve_single_threaded(move |s, id| serve(s, topics.clone(), id));
 }
 
 /// Read and answer the upgrade request; the route on success.

@@ -6,30 +6,17 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use uproar_peers::{Route, listen_addr};
+use uproar_peers::{Route, serve_single_threaded};
 
 type Topics = Rc<RefCell<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>)>>>>;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let listener = TcpListener::bind(listen_addr()).await.unwrap();
-        let topics: Topics = Rc::default();
-        let mut next_id = 0u64;
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            next_id += 1;
-            tokio::task::spawn_local(serve(s, topics.clone(), next_id));
-        }
-    });
+    let topics: Topics = Rc::default();
+    serve_single_threaded(move |s, id| serve(s, topics.clone(), id));
 }
 
 async fn serve(s: TcpStream, topics: Topics, id: u64) {
