@@ -279,6 +279,8 @@ mod tests {
         let b = Backend::selected();
         assert!(b.is_available());
         assert_eq!(b, Backend::selected());
+        #[cfg(any(miri, uproar_force_portable))]
+        assert_eq!(b, Backend::Swar, "the portable cfg forces SWAR");
         #[cfg(all(target_arch = "x86_64", not(miri), not(uproar_force_portable)))]
         if std::arch::is_x86_feature_detected!("avx2") {
             assert!(matches!(b, Backend::Avx2 | Backend::Avx512));
