@@ -30,7 +30,6 @@ pub(crate) enum Phase {
 pub(crate) struct Shared {
     pub base: Instant,
     phase: AtomicU8,
-    pub start_ns: AtomicU64,
     pub warm_ns: AtomicU64,
     pub end_ns: AtomicU64,
     pub opened: AtomicUsize,
@@ -46,7 +45,6 @@ impl Shared {
         Shared {
             base: Instant::now(),
             phase: AtomicU8::new(Phase::Connecting as u8),
-            start_ns: AtomicU64::new(0),
             warm_ns: AtomicU64::new(0),
             end_ns: AtomicU64::new(u64::MAX),
             opened: AtomicUsize::new(0),
@@ -578,7 +576,6 @@ pub fn run(cfg: &RunConfig) -> Result<Report, String> {
             let warm = start + cfg.warmup;
             let end = warm + cfg.duration;
             let ns = |t: Instant| (t - shared.base).as_nanos() as u64;
-            shared.start_ns.store(ns(start), Relaxed);
             shared.warm_ns.store(ns(warm), Relaxed);
             shared.end_ns.store(ns(end), Relaxed);
             shared.set_phase(Phase::Running);

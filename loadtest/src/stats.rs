@@ -99,8 +99,6 @@ pub struct Counters {
     pub received: u64,
     /// Received inside the measured window (after warm-up, before the end).
     pub measured: u64,
-    /// Payload bytes received inside the window.
-    pub measured_bytes: u64,
     /// Payloads whose bytes were wrong.
     pub corrupt: u64,
     /// Received twice.
@@ -120,7 +118,6 @@ impl Counters {
         self.sent += o.sent;
         self.received += o.received;
         self.measured += o.measured;
-        self.measured_bytes += o.measured_bytes;
         self.corrupt += o.corrupt;
         self.duplicated += o.duplicated;
         self.reordered += o.reordered;

@@ -113,7 +113,6 @@ pub(crate) struct Worker {
     rr: usize,
     next_send: Option<Instant>,
     started: bool,
-    ns_start: u64,
     ns_warm: u64,
     ns_end: u64,
 }
@@ -184,7 +183,6 @@ impl Worker {
             rr: 0,
             next_send: None,
             started: false,
-            ns_start: 0,
             ns_warm: 0,
             ns_end: 0,
         })
@@ -310,7 +308,6 @@ impl Worker {
 
     fn on_start(&mut self, now: Instant) {
         self.started = true;
-        self.ns_start = self.shared.start_ns.load(Relaxed);
         self.ns_warm = self.shared.warm_ns.load(Relaxed);
         self.ns_end = self.shared.end_ns.load(Relaxed);
         self.senders = (0..self.clients.len())
@@ -688,7 +685,6 @@ impl Worker {
             self.stats.counters.corrupt += 1;
         } else if in_window {
             self.stats.counters.measured += 1;
-            self.stats.counters.measured_bytes += self.params.size as u64;
             let _ = self.stats.latency.record((latency_ns / 1000).max(1));
         }
         if ok && matches!(c.role, Role::Subscriber { .. }) && st.sent_ns >= self.ns_warm {
