@@ -220,18 +220,32 @@ struct Msg {
 }
 
 /// Where an event's payload lives, decided before the borrow of the caller's buffer is taken.
-enum Src {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// In the buffer passed to [`Connection::read_event`].
     Buf(Range<usize>),
+    /// In the connection's assembly buffer (a message that spanned frames or buffers); see
+    /// [`Connection::take_assembly`].
     Assembly,
+    /// In the connection's control-frame buffer (a control frame split across buffers).
     Control,
 }
 
-enum Out {
-    Message(DataKind, Src),
-    Fragment(DataKind, Src, bool, bool),
-    Ping(Src),
-    Pong(Src),
-    Close(CloseCode, Src),
+/// An [`Event`] whose payload is named by location instead of borrowed, from
+/// [`Connection::read_event`]. For adapters that must let go of the connection before they
+/// use the payload (to run an application callback that may touch other connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawEvent {
+    /// See [`Event::Message`].
+    Message(DataKind, Payload),
+    /// See [`Event::Fragment`]: kind, piece, first, last.
+    Fragment(DataKind, Payload, bool, bool),
+    /// See [`Event::Ping`].
+    Ping(Payload),
+    /// See [`Event::Pong`].
+    Pong(Payload),
+    /// See [`Event::Close`]: the payload is the whole close payload (code, then reason).
+    Close(CloseCode, Payload),
 }
 
 /// One WebSocket connection's protocol state, for either role.
@@ -362,40 +376,68 @@ impl Connection {
         buf: &'a mut [u8],
         pos: &mut usize,
     ) -> Result<Option<Event<'a>>, ProtocolError> {
-        match self.read_inner(buf, pos) {
-            Ok(Some(out)) => Ok(Some(self.event(out, buf))),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                *pos = buf.len();
-                self.fail(e);
-                Err(e)
-            }
+        match self.read_event(buf, pos)? {
+            Some(out) => Ok(Some(self.event(out, buf))),
+            None => Ok(None),
         }
     }
 
-    fn event<'a>(&'a self, out: Out, buf: &'a [u8]) -> Event<'a> {
-        let bytes = |src: Src| -> &'a [u8] {
-            match src {
-                Src::Buf(r) => &buf[r],
-                Src::Assembly => &self.assembly,
-                Src::Control => &self.control[..usize::from(self.control_len)],
-            }
-        };
+    /// Like [`handle_read`](Self::handle_read), but the event names where its payload is
+    /// instead of borrowing it; get the bytes with [`payload`](Self::payload) or, for
+    /// [`Payload::Assembly`], [`take_assembly`](Self::take_assembly).
+    pub fn read_event(
+        &mut self,
+        buf: &mut [u8],
+        pos: &mut usize,
+    ) -> Result<Option<RawEvent>, ProtocolError> {
+        self.read_inner(buf, pos).inspect_err(|&e| {
+            *pos = buf.len();
+            self.fail(e);
+        })
+    }
+
+    /// The bytes of a payload from [`read_event`](Self::read_event); `buf` is the buffer that
+    /// was passed to it.
+    pub fn payload<'a>(&'a self, payload: &Payload, buf: &'a [u8]) -> &'a [u8] {
+        match payload {
+            Payload::Buf(r) => &buf[r.clone()],
+            Payload::Assembly => &self.assembly,
+            Payload::Control => &self.control[..usize::from(self.control_len)],
+        }
+    }
+
+    /// Move the assembled message out (after a [`Payload::Assembly`] event), so it can be used
+    /// while the connection is borrowed elsewhere. Give it back with
+    /// [`restore_assembly`](Self::restore_assembly) to keep its allocation for the next one.
+    pub fn take_assembly(&mut self) -> Vec<u8> {
+        core::mem::take(&mut self.assembly)
+    }
+
+    /// Return the buffer from [`take_assembly`](Self::take_assembly); it is cleared (or freed,
+    /// if large) before the next message is assembled into it.
+    pub fn restore_assembly(&mut self, assembly: Vec<u8>) {
+        if self.assembly.capacity() == 0 {
+            self.assembly = assembly;
+        }
+    }
+
+    fn event<'a>(&'a self, out: RawEvent, buf: &'a [u8]) -> Event<'a> {
+        let bytes = |src: Payload| -> &'a [u8] { self.payload(&src, buf) };
         match out {
-            Out::Message(kind, s) => Event::Message {
+            RawEvent::Message(kind, s) => Event::Message {
                 kind,
                 data: bytes(s),
             },
-            Out::Fragment(kind, s, first, last) => Event::Fragment {
+            RawEvent::Fragment(kind, s, first, last) => Event::Fragment {
                 kind,
                 data: bytes(s),
                 first,
                 last,
             },
-            Out::Ping(s) => Event::Ping(bytes(s)),
-            Out::Pong(s) => Event::Pong(bytes(s)),
+            RawEvent::Ping(s) => Event::Ping(bytes(s)),
+            RawEvent::Pong(s) => Event::Pong(bytes(s)),
             // The reason was validated as UTF-8 when the frame was parsed.
-            Out::Close(code, s) => {
+            RawEvent::Close(code, s) => {
                 let reason = bytes(s).get(2..).unwrap_or_default();
                 Event::Close {
                     code,
@@ -416,7 +458,7 @@ impl Connection {
         &mut self,
         buf: &mut [u8],
         pos: &mut usize,
-    ) -> Result<Option<Out>, ProtocolError> {
+    ) -> Result<Option<RawEvent>, ProtocolError> {
         if self.assembly_delivered {
             self.assembly_delivered = false;
             if self.assembly.capacity() > ASSEMBLY_KEEP {
@@ -437,7 +479,7 @@ impl Connection {
             let range = chunk.payload;
             if h.opcode.is_control() {
                 let src = if chunk.first && chunk.last {
-                    Src::Buf(range)
+                    Payload::Buf(range)
                 } else {
                     if chunk.first {
                         self.control_len = 0;
@@ -448,7 +490,7 @@ impl Connection {
                     if !chunk.last {
                         continue;
                     }
-                    Src::Control
+                    Payload::Control
                 };
                 return self.control_frame(h.opcode, src, buf).map(Some);
             }
@@ -496,19 +538,24 @@ impl Connection {
                     if done {
                         self.msg = None;
                     }
-                    return Ok(Some(Out::Fragment(kind, Src::Buf(range), first, done)));
+                    return Ok(Some(RawEvent::Fragment(
+                        kind,
+                        Payload::Buf(range),
+                        first,
+                        done,
+                    )));
                 }
                 Delivery::Whole => {
                     // Zero-copy when the whole message is one frame in one buffer.
                     if done && chunk.first && h.opcode != OpCode::Continuation {
                         self.msg = None;
-                        return Ok(Some(Out::Message(kind, Src::Buf(range))));
+                        return Ok(Some(RawEvent::Message(kind, Payload::Buf(range))));
                     }
                     self.assembly.extend_from_slice(&buf[range]);
                     if done {
                         self.msg = None;
                         self.assembly_delivered = true;
-                        return Ok(Some(Out::Message(kind, Src::Assembly)));
+                        return Ok(Some(RawEvent::Message(kind, Payload::Assembly)));
                     }
                 }
             }
@@ -518,12 +565,12 @@ impl Connection {
     fn control_frame(
         &mut self,
         opcode: OpCode,
-        src: Src,
+        src: Payload,
         buf: &[u8],
-    ) -> Result<Out, ProtocolError> {
+    ) -> Result<RawEvent, ProtocolError> {
         let key = self.mask_key();
         let payload = match &src {
-            Src::Buf(r) => &buf[r.clone()],
+            Payload::Buf(r) => &buf[r.clone()],
             _ => &self.control[..usize::from(self.control_len)],
         };
         match opcode {
@@ -532,9 +579,9 @@ impl Connection {
                     // Only the latest ping needs an answer (RFC 6455 §5.5.3).
                     self.pong_out = Some(ControlFrame::new(OpCode::Pong, [payload, &[]], key));
                 }
-                Ok(Out::Ping(src))
+                Ok(RawEvent::Ping(src))
             }
-            OpCode::Pong => Ok(Out::Pong(src)),
+            OpCode::Pong => Ok(RawEvent::Pong(src)),
             _ => {
                 let (code, _) = parse_close_payload(payload)?;
                 match &mut self.close {
@@ -556,7 +603,7 @@ impl Connection {
                         });
                     }
                 }
-                Ok(Out::Close(code, src))
+                Ok(RawEvent::Close(code, src))
             }
         }
     }

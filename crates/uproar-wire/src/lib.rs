@@ -46,6 +46,6 @@ pub mod mask;
 pub mod utf8;
 
 pub use close::{CloseCode, Initiator};
-pub use conn::{Config, Connection, DataKind, Delivery, Event, State};
+pub use conn::{Config, Connection, DataKind, Delivery, Event, Payload, RawEvent, State};
 pub use error::ProtocolError;
 pub use frame::{FrameHead, FrameHeader, OpCode, Role};

@@ -346,3 +346,43 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     assert!(parsed.wants_websocket());
     assert!(validate_upgrade(&parsed).is_ok());
 }
+
+/// `read_event` names where each payload is: a one-frame message in the caller's buffer, a
+/// fragmented one in the assembly buffer, which `take_assembly` hands out and
+/// `restore_assembly` takes back without disturbing the next message.
+#[test]
+fn raw_events_name_their_payload() {
+    use uproar_wire::{Payload, RawEvent};
+    let mut c = server();
+    let mut buf = [
+        cframe(true, OpCode::Binary, b"one"),
+        cframe(false, OpCode::Text, b"tw"),
+        cframe(true, OpCode::Ping, b"p"),
+        cframe(true, OpCode::Continuation, b"o"),
+        cframe(true, OpCode::Text, b"three"),
+    ]
+    .concat();
+    let mut pos = 0;
+    let ev = c.read_event(&mut buf, &mut pos).unwrap().unwrap();
+    let RawEvent::Message(DataKind::Binary, p @ Payload::Buf(_)) = ev else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(c.payload(&p, &buf), b"one");
+    let ev = c.read_event(&mut buf, &mut pos).unwrap().unwrap();
+    let RawEvent::Ping(p) = ev else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(c.payload(&p, &buf), b"p");
+    let ev = c.read_event(&mut buf, &mut pos).unwrap().unwrap();
+    assert_eq!(ev, RawEvent::Message(DataKind::Text, Payload::Assembly));
+    let whole = c.take_assembly();
+    assert_eq!(whole, b"two");
+    c.restore_assembly(whole);
+    let ev = c.read_event(&mut buf, &mut pos).unwrap().unwrap();
+    let RawEvent::Message(DataKind::Text, p) = ev else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(c.payload(&p, &buf), b"three");
+    assert_eq!(c.read_event(&mut buf, &mut pos), Ok(None));
+    assert_eq!(pos, buf.len());
+}
