@@ -1,0 +1,135 @@
+//! Engine configuration. Every default says why it is what it is.
+
+use std::time::Duration;
+
+/// What to do when a send would take a connection's buffered bytes over
+/// [`Config::max_buffered_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackpressurePolicy {
+    /// Drop the message and close the connection with 1008 "slow consumer": a client that
+    /// cannot keep up gets a clear answer and stops costing memory. The default.
+    Close,
+    /// Drop the message (the send returns [`SendStatus::Dropped`](crate::SendStatus)) and
+    /// keep the connection: for feeds where only the latest state matters.
+    Drop,
+}
+
+/// Limits and sizes of a server. Build it with [`Server::builder`](crate::Server::builder).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Worker threads, one io_uring each. Default: one per CPU this process may run on
+    /// (its affinity mask): thread-per-core is the design.
+    pub threads: usize,
+    /// Pin each worker to its own CPU. Default true: a worker that migrates loses its caches
+    /// and competes with its siblings.
+    pub pin_threads: bool,
+    /// Largest frame payload accepted, else close 1009. Default 16 MiB: the largest frame in
+    /// the Autobahn suite; one header cannot announce more than we would hold.
+    pub max_frame_size: u64,
+    /// Largest message accepted, else close 1009. Default 16 MiB: a fragmented message is
+    /// held whole before the application sees it.
+    pub max_message_size: u64,
+    /// Largest HTTP request head, else 431. Default 8 KiB: nginx's default, and a bound on
+    /// what a connection can make us hold before it is even a WebSocket.
+    pub max_header_bytes: usize,
+    /// Largest plain-HTTP request body, else 413. Default 1 MiB: enough for a published
+    /// message; bodies are held whole.
+    pub max_body_bytes: usize,
+    /// Time from accept to a complete request head (and the keep-alive idle time of plain
+    /// HTTP), else 408 and close. Default 10 s: generous for real clients, short enough that
+    /// slow-loris connections do not pile up.
+    pub handshake_timeout: Duration,
+    /// After this long without input, ping; after as long again, close (1006). Default 120 s:
+    /// below common proxy idle cut-offs once the ping is counted, and cheap at 10,000s of
+    /// connections. `None` disables it.
+    pub idle_timeout: Option<Duration>,
+    /// Time to wait for the peer's close frame after ours, and for its FIN after the close
+    /// handshake. Default 5 s: long enough for a loaded peer, short enough that dead peers do
+    /// not pile up.
+    pub close_timeout: Duration,
+    /// Most open connections over all workers; more are answered 503 and closed. Default
+    /// 10,000: fits the common `ulimit -n` hard limits with room for the engine's own
+    /// descriptors; raise it with the limit.
+    pub max_connections: usize,
+    /// Most bytes queued for one connection and not yet taken by its socket. Default 1 MiB:
+    /// a burst of large messages fits; a peer that stops reading cannot cost more.
+    pub max_buffered_bytes: usize,
+    /// What happens when a send would pass `max_buffered_bytes`. Default
+    /// [`BackpressurePolicy::Close`].
+    pub backpressure: BackpressurePolicy,
+    /// Size of each pooled receive buffer. Default 16 KiB: one recv takes a burst of small
+    /// frames or a good slice of a large one.
+    pub recv_buffer_size: u32,
+    /// Receive buffers per worker (a power of two). Default 512 (8 MiB per worker): enough
+    /// for one completion per connection per loop turn at a thousand busy connections; when
+    /// the pool runs dry the recv is re-armed, not lost.
+    pub recv_buffers: u16,
+    /// Fault the receive pool in at start. Default true: the hot path then never takes a
+    /// page fault, and the pool shows in RSS from the start, as the fixed cost it is.
+    pub prefault_buffers: bool,
+    /// Submission queue entries per ring (the completion queue gets four times as many).
+    /// Default 4096: a loop turn's sends for thousands of connections without an early submit.
+    pub ring_entries: u32,
+    /// Listen backlog. Default 4096: connection storms queue instead of being refused.
+    pub backlog: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            threads: core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)),
+            pin_threads: true,
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            max_header_bytes: uproar_wire::handshake::DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(120)),
+            close_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            max_buffered_bytes: 1 << 20,
+            backpressure: BackpressurePolicy::Close,
+            recv_buffer_size: 16 << 10,
+            recv_buffers: 512,
+            prefault_buffers: true,
+            ring_entries: 4096,
+            backlog: 4096,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        use crate::Error::Config as E;
+        if self.threads == 0 {
+            return Err(E("threads must be at least 1"));
+        }
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 1 << 15 {
+            return Err(E("recv_buffers must be a power of two up to 32768"));
+        }
+        if self.recv_buffer_size < 256 {
+            return Err(E("recv_buffer_size must be at least 256 bytes"));
+        }
+        if self.max_connections == 0 {
+            return Err(E("max_connections must be at least 1"));
+        }
+        if self.max_header_bytes < 256 {
+            return Err(E("max_header_bytes must be at least 256"));
+        }
+        if self.ring_entries < 8 {
+            return Err(E("ring_entries must be at least 8"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn wire(&self) -> uproar_wire::Config {
+        uproar_wire::Config {
+            max_frame_size: self.max_frame_size,
+            max_message_size: self.max_message_size,
+            delivery: uproar_wire::Delivery::Whole,
+            auto_pong: true,
+            idle_timeout: self.idle_timeout,
+            close_timeout: self.close_timeout,
+        }
+    }
+}

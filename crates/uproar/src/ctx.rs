@@ -1,0 +1,270 @@
+//! A worker's connections and the [`Ctx`] that callbacks reach them through.
+
+use std::fmt;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use uproar_wire::{CloseCode, Connection, DataKind};
+
+use crate::app::{ConnId, Frame, SendStatus};
+use crate::config::{BackpressurePolicy, Config};
+use crate::slab::Slab;
+use crate::timer::{self, Key, Wheel};
+use crate::tx::Tx;
+
+/// One connection's slot.
+pub(crate) struct Conn<C> {
+    pub(crate) fd: RawFd,
+    /// A multishot recv is armed.
+    pub(crate) recv_armed: bool,
+    /// The peer's FIN arrived: nothing more will be read.
+    pub(crate) eof: bool,
+    /// A send is in flight (its frames are owned by the ring).
+    pub(crate) sending: bool,
+    /// In the worker's dirty list for this turn.
+    pub(crate) dirty: bool,
+    /// The wheel tick this connection is armed for, or [`timer::NONE`].
+    pub(crate) timer: u32,
+    /// Outgoing bytes; allocated only while there are some.
+    pub(crate) tx: Option<Box<Tx>>,
+    pub(crate) state: State<C>,
+}
+
+pub(crate) enum State<C> {
+    /// Reading an HTTP request (an upgrade, or plain HTTP with keep-alive).
+    Http(Box<Http>),
+    /// An open WebSocket.
+    Ws(Box<Ws<C>>),
+    /// Finishing politely: once the send queue is empty our FIN goes out; then we read (and
+    /// discard) until the peer's FIN or the deadline, so the peer sees our last bytes rather
+    /// than a reset.
+    Linger { deadline: Instant, fin_sent: bool },
+    /// Aborted: the socket is shut down; the slot is freed when no operation is in flight.
+    Dead,
+}
+
+pub(crate) struct Http {
+    /// A request head (and body) that arrived in pieces; empty otherwise.
+    pub(crate) buf: Vec<u8>,
+    pub(crate) deadline: Instant,
+}
+
+pub(crate) struct Ws<C> {
+    pub(crate) proto: Connection,
+    pub(crate) user: C,
+    /// The reason in the peer's close frame, if it had one.
+    pub(crate) peer_reason: Option<Box<str>>,
+}
+
+/// A worker's context, given to every callback: its connections, the time, its index.
+pub struct Ctx<C> {
+    pub(crate) conns: Slab<Conn<C>>,
+    pub(crate) dirty: Vec<Key>,
+    pub(crate) wheel: Wheel,
+    pub(crate) now: Instant,
+    pub(crate) worker: usize,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) wire: uproar_wire::Config,
+    pub(crate) shutting_down: bool,
+    pub(crate) scratch: Vec<u8>,
+}
+
+impl<C> fmt::Debug for Ctx<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx")
+            .field("worker", &self.worker)
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl<C> Ctx<C> {
+    pub(crate) fn new(worker: usize, cfg: Arc<Config>, now: Instant) -> Ctx<C> {
+        // 100 ms ticks over 1024 slots: timeouts are seconds long, and the wheel spans 102 s
+        // before an entry is parked and re-armed.
+        let wheel = Wheel::new(now, std::time::Duration::from_millis(100), 1024);
+        Ctx {
+            conns: Slab::new(),
+            dirty: Vec::new(),
+            wheel,
+            now,
+            worker,
+            wire: cfg.wire(),
+            cfg,
+            shutting_down: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The time at the start of this loop turn (one clock read per turn).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// This worker's index, from 0.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Connections (HTTP and WebSocket) open on this worker.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The server is shutting down: connections are being closed with 1001.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// The state of an open WebSocket connection.
+    pub fn conn(&self, id: ConnId) -> Option<&C> {
+        match &self.conns.get(id.index, id.generation)?.state {
+            State::Ws(ws) => Some(&ws.user),
+            _ => None,
+        }
+    }
+
+    /// The state of an open WebSocket connection, mutably.
+    pub fn conn_mut(&mut self, id: ConnId) -> Option<&mut C> {
+        match &mut self.conns.get_mut(id.index, id.generation)?.state {
+            State::Ws(ws) => Some(&mut ws.user),
+            _ => None,
+        }
+    }
+
+    /// Bytes queued for `id` that its socket has not taken yet.
+    pub fn buffered_amount(&self, id: ConnId) -> usize {
+        self.conns
+            .get(id.index, id.generation)
+            .and_then(|c| c.tx.as_ref())
+            .map_or(0, |t| t.buffered)
+    }
+
+    /// Send a whole message to `id` (copied into its send buffer).
+    pub fn send(&mut self, id: ConnId, kind: DataKind, payload: &[u8]) -> SendStatus {
+        self.send_with(id, |ws, tx| {
+            let Ok((head, _)) = ws
+                .proto
+                .data_head(kind.opcode(), true, payload.len() as u64)
+            else {
+                return false;
+            };
+            tx.push_copy(head.as_bytes(), payload);
+            true
+        })
+    }
+
+    /// Send a frame encoded once for many connections, by reference.
+    pub fn send_frame(&mut self, id: ConnId, frame: &Frame) -> SendStatus {
+        self.send_with(id, |ws, tx| {
+            if !ws.proto.can_send() {
+                return false;
+            }
+            tx.push_shared(frame.bytes.clone());
+            true
+        })
+    }
+
+    fn send_with(
+        &mut self,
+        id: ConnId,
+        push: impl FnOnce(&mut Ws<C>, &mut Tx) -> bool,
+    ) -> SendStatus {
+        let max = self.cfg.max_buffered_bytes;
+        let policy = self.cfg.backpressure;
+        let Some(conn) = self.conns.get_mut(id.index, id.generation) else {
+            return SendStatus::Dropped;
+        };
+        let State::Ws(ws) = &mut conn.state else {
+            return SendStatus::Dropped;
+        };
+        let tx = conn.tx.get_or_insert_with(Box::default);
+        // The limit applies to the backlog already there, so one message larger than the
+        // limit can still be sent to a connection that keeps up; the memory bound is the limit
+        // plus one message.
+        if tx.buffered > max {
+            if policy == BackpressurePolicy::Close {
+                let _ = ws
+                    .proto
+                    .queue_close(CloseCode::POLICY_VIOLATION, "slow consumer");
+            }
+            mark(&mut self.dirty, conn, id.index, id.generation);
+            return SendStatus::Dropped;
+        }
+        let backlog = tx.in_flight;
+        if !push(ws, tx) {
+            return SendStatus::Dropped;
+        }
+        let status = if backlog {
+            tx.wants_drain = true;
+            SendStatus::Queued
+        } else {
+            SendStatus::Sent
+        };
+        mark(&mut self.dirty, conn, id.index, id.generation);
+        status
+    }
+
+    /// Start the close handshake with `id` (`reason` at most 123 bytes). Does nothing if it
+    /// is already closing or gone.
+    pub fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        let Some(conn) = self.conns.get_mut(id.index, id.generation) else {
+            return;
+        };
+        if let State::Ws(ws) = &mut conn.state {
+            let _ = ws.proto.queue_close(code, reason);
+            mark(&mut self.dirty, conn, id.index, id.generation);
+        }
+    }
+
+    /// Queue raw bytes (an HTTP response) on connection `key`.
+    pub(crate) fn queue_raw(&mut self, key: Key, bytes: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(key.0, key.1) {
+            conn.tx
+                .get_or_insert_with(Box::default)
+                .push_copy(&[], bytes);
+            mark(&mut self.dirty, conn, key.0, key.1);
+        }
+    }
+
+    /// Put `key` on this turn's list of connections to flush and re-arm.
+    pub(crate) fn touch(&mut self, key: Key) {
+        if let Some(conn) = self.conns.get_mut(key.0, key.1) {
+            mark(&mut self.dirty, conn, key.0, key.1);
+        }
+    }
+
+    /// Arm the connection's timer for its next deadline, if earlier than the armed one.
+    pub(crate) fn arm_timer(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(key.0, key.1) else {
+            return;
+        };
+        let deadline = match &conn.state {
+            State::Http(h) => Some(h.deadline),
+            State::Ws(ws) => ws.proto.poll_timeout(),
+            State::Linger { deadline, .. } => Some(*deadline),
+            State::Dead => None,
+        };
+        if let Some(d) = deadline {
+            let t = self.wheel.tick_of(d);
+            if conn.timer == timer::NONE || t < conn.timer {
+                conn.timer = self.wheel.insert(key, d);
+            }
+        }
+    }
+}
+
+pub(crate) fn mark<C>(dirty: &mut Vec<Key>, conn: &mut Conn<C>, index: u32, generation: u32) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push((index, generation));
+    }
+}
+
+pub(crate) fn id_of(key: Key) -> ConnId {
+    ConnId {
+        index: key.0,
+        generation: key.1,
+    }
+}

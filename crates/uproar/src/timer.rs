@@ -1,0 +1,117 @@
+//! A hashed timing wheel of connection deadlines. Entries are never removed: a connection
+//! keeps the tick it is armed for, and an entry that fires for a tick the connection no longer
+//! expects is ignored. A deadline that moves later (every message pushes the idle timeout
+//! back) therefore costs nothing until the old tick fires and re-arms it.
+
+use std::time::{Duration, Instant};
+
+/// Connection key: (slot index, generation).
+pub(crate) type Key = (u32, u32);
+
+/// "Not armed".
+pub(crate) const NONE: u32 = u32::MAX;
+
+#[derive(Debug)]
+pub(crate) struct Wheel {
+    start: Instant,
+    tick: Duration,
+    slots: Vec<Vec<Key>>,
+    /// The next tick to fire.
+    cursor: u32,
+    len: usize,
+}
+
+impl Wheel {
+    /// `slots` ticks of `tick` each; deadlines further out are parked at the far end and
+    /// re-armed when that fires.
+    pub(crate) fn new(start: Instant, tick: Duration, slots: usize) -> Wheel {
+        Wheel {
+            start,
+            tick,
+            slots: (0..slots).map(|_| Vec::new()).collect(),
+            cursor: 0,
+            len: 0,
+        }
+    }
+
+    /// The first tick at or after `t`.
+    pub(crate) fn tick_of(&self, t: Instant) -> u32 {
+        let d = t.saturating_duration_since(self.start);
+        d.as_nanos()
+            .div_ceil(self.tick.as_nanos())
+            .min(u128::from(NONE - 1)) as u32
+    }
+
+    /// Arm `key` for `deadline`; returns the tick it will fire at (remember it on the
+    /// connection: the entry is valid only while that matches).
+    pub(crate) fn insert(&mut self, key: Key, deadline: Instant) -> u32 {
+        let n = self.slots.len() as u32;
+        let t = self
+            .tick_of(deadline)
+            .clamp(self.cursor, self.cursor + n - 1);
+        self.slots[(t % n) as usize].push(key);
+        self.len += 1;
+        t
+    }
+
+    /// When the next entry could fire, if any is armed.
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        (self.len > 0).then(|| self.start + self.tick * self.cursor)
+    }
+
+    /// Move every entry whose tick is at or before `now` into `out`, with its tick.
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<(Key, u32)>) {
+        let now_tick = (now.saturating_duration_since(self.start).as_nanos() / self.tick.as_nanos())
+            .min(u128::from(NONE - 1)) as u32;
+        if self.len == 0 {
+            self.cursor = self.cursor.max(now_tick + 1);
+            return;
+        }
+        let n = self.slots.len() as u32;
+        while self.cursor <= now_tick {
+            let slot = &mut self.slots[(self.cursor % n) as usize];
+            self.len -= slot.len();
+            out.extend(slot.drain(..).map(|k| (k, self.cursor)));
+            self.cursor += 1;
+            if self.len == 0 {
+                self.cursor = now_tick + 1;
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fires_at_the_first_tick_after_the_deadline_and_parks_far_ones() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut w = Wheel::new(t0, ms(10), 8);
+        let a = w.insert((1, 0), t0 + ms(25));
+        let b = w.insert((2, 0), t0 + ms(1000));
+        assert_eq!(a, 3);
+        assert_eq!(b, 7, "beyond the wheel: parked at its far end");
+        let mut out = Vec::new();
+        w.expire(t0 + ms(29), &mut out);
+        assert!(out.is_empty());
+        w.expire(t0 + ms(30), &mut out);
+        assert_eq!(out, vec![((1, 0), 3)]);
+        out.clear();
+        w.expire(t0 + ms(75), &mut out);
+        assert_eq!(out, vec![((2, 0), 7)]);
+        assert_eq!(w.next_wake(), None);
+        // Armed again after a long idle stretch: still in the future.
+        let c = w.insert((3, 0), t0 + ms(5000));
+        assert!(c >= 8);
+        out.clear();
+        w.expire(t0 + ms(5000), &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "fires (early, parked) within the wheel's span"
+        );
+    }
+}
