@@ -372,11 +372,7 @@ impl<H: Handler> Worker<H> {
         };
         conn.dirty = false;
         if let State::Ws(ws) = &mut conn.state {
-            while let Some(f) = ws.proto.poll_transmit() {
-                conn.tx
-                    .get_or_insert_with(Box::default)
-                    .push_copy(f.as_bytes(), &[]);
-            }
+            queue_control(&mut ws.proto, &mut conn.tx);
             if ws.proto.is_closed() {
                 let timed_out = ws
                     .proto
@@ -459,10 +455,14 @@ fn ws_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, buf: 
         let State::Ws(ws) = &mut conn.state else {
             return;
         };
-        let ev = match ws.proto.read_event(buf, &mut pos) {
+        let ev = ws.proto.read_event(buf, &mut pos);
+        // Control frames the codec queued (a pong, a close reply or error close) go out in
+        // the order their cause arrived: before anything the application sends next.
+        queue_control(&mut ws.proto, &mut conn.tx);
+        let ev = match ev {
             Ok(Some(ev)) => ev,
             Ok(None) => return,
-            // The codec queued a close with the error's code; flush sends it.
+            // The close with the error's code is queued; flush sends it.
             Err(_) => return,
         };
         match ev {
@@ -489,6 +489,14 @@ fn ws_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, buf: 
             // yields no fragments and no message in the control buffer.
             _ => {}
         }
+    }
+}
+
+/// Move the control frames the codec has ready into the send queue.
+fn queue_control(proto: &mut Connection, tx: &mut Option<Box<crate::tx::Tx>>) {
+    while let Some(f) = proto.poll_transmit() {
+        tx.get_or_insert_with(Box::default)
+            .push_copy(f.as_bytes(), &[]);
     }
 }
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Compare an Autobahn fuzzingclient report (index.json) with the committed expectations.
+
+Every case's (behavior, behaviorClose) must equal the expected pair; a case missing on either
+side is a difference too. Exit 1 on any difference, listing them. With --update, write the
+report's results as the new expectations instead.
+"""
+import json
+import sys
+
+
+def results(index):
+    (agent,) = index.values()
+    return {case: [r["behavior"], r["behaviorClose"]] for case, r in agent.items()}
+
+
+def key(case):
+    return [int(p) for p in case.split(".")]
+
+
+def main():
+    report_path, expected_path = sys.argv[1], sys.argv[2]
+    got = results(json.load(open(report_path)))
+    if "--update" in sys.argv:
+        ordered = {c: got[c] for c in sorted(got, key=key)}
+        with open(expected_path, "w") as f:
+            lines = [f' "{c}": {json.dumps(b)}' for c, b in ordered.items()]
+            f.write("{\n" + ",\n".join(lines) + "\n}\n")
+        print(f"wrote {len(got)} cases to {expected_path}")
+        return 0
+    want = json.load(open(expected_path))
+    diffs = []
+    for case in sorted(set(got) | set(want), key=key):
+        if got.get(case) != want.get(case):
+            diffs.append(f"  {case}: expected {want.get(case)}, got {got.get(case)}")
+    counts = {}
+    for b in got.values():
+        counts[b[0]] = counts.get(b[0], 0) + 1
+    print(f"autobahn: {len(got)} cases, " + ", ".join(f"{n} {b}" for b, n in sorted(counts.items())))
+    if diffs:
+        print("differences from autobahn/expected.json (a regression, or update it with UPDATE=1):")
+        print("\n".join(diffs))
+        return 1
+    failed = [c for c, b in got.items() if b[0] in ("FAILED", "UNCLEAN") or b[1] in ("FAILED", "UNCLEAN")]
+    if failed:
+        print("FAILED cases are never expected: " + ", ".join(sorted(failed, key=key)))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
