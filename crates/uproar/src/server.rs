@@ -262,7 +262,7 @@ impl Server {
     pub fn join(self) -> Result<(), Error> {
         let mut result = Ok(());
         for t in self.threads {
-            let r = t.join().unwrap_or_else(|_| Err(Error::WorkerPanicked));
+            let r = t.join().unwrap_or(Err(Error::WorkerPanicked));
             if result.is_ok() {
                 result = r;
             }

@@ -126,6 +126,9 @@ pub(crate) struct Ring {
     free_sends: Vec<u32>,
     /// Spare send buffers and boxes, so a busy connection does not allocate per send.
     spare_bufs: Vec<SendBuf>,
+    // Boxed: a send's msghdr must keep its address while the kernel reads it, and a spare is
+    // reused whole, box and all.
+    #[allow(clippy::vec_box)]
     spare_boxes: Vec<Box<SendMsgBuf>>,
     /// Target of the pending eventfd read.
     wake: Box<u64>,
@@ -166,7 +169,8 @@ impl Ring {
     /// the cheapest task-running mode first and falling back for older kernels.
     pub(crate) fn new(cfg: RingConfig) -> Result<Ring, Error> {
         let cq = cfg.entries.saturating_mul(4);
-        let attempts: [(&'static str, fn(&mut io_uring::Builder, u32)); 3] = [
+        type Setup = fn(&mut io_uring::Builder, u32);
+        let attempts: [(&'static str, Setup); 3] = [
             ("single_issuer+defer_taskrun", |b, cq| {
                 b.setup_single_issuer()
                     .setup_defer_taskrun()
