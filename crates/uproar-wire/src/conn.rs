@@ -17,6 +17,7 @@
 //!   [`is_closed`](Connection::is_closed): when true, close the transport.
 //! - getters: [`state`](Connection::state), [`close_info`](Connection::close_info), ...
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use core::ops::Range;
@@ -252,25 +253,60 @@ pub enum RawEvent {
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
-    config: Config,
+    config: Arc<Config>,
     decoder: Decoder,
     msg: Option<Msg>,
     utf8: Utf8Validator,
     /// Assembly of a message that spans frames or buffers; empty and unallocated otherwise.
     assembly: Vec<u8>,
     assembly_delivered: bool,
-    control: [u8; MAX_CONTROL_PAYLOAD],
-    control_len: u8,
-    ping_out: Option<ControlFrame>,
-    pong_out: Option<ControlFrame>,
-    close_out: Option<ControlFrame>,
+    /// What most connections never need, allocated while needed (see [`Rare`]).
+    rare: Option<Box<Rare>>,
     close: Option<CloseInfo>,
     timed_out: bool,
     now: Option<Instant>,
     last_input: Option<Instant>,
     ping_outstanding: bool,
-    close_deadline: Option<Instant>,
     rng: u64,
+}
+
+/// Connection state that is only needed around control frames: a control frame split across
+/// buffers, control frames waiting to be sent, the close handshake's deadline. Boxed and freed
+/// when empty, so an idle connection stays small (a server holds tens of thousands).
+#[derive(Debug)]
+struct Rare {
+    control: [u8; MAX_CONTROL_PAYLOAD],
+    control_len: u8,
+    /// The control payload was handed out; it is dropped at the next read.
+    control_delivered: bool,
+    ping_out: Option<ControlFrame>,
+    pong_out: Option<ControlFrame>,
+    close_out: Option<ControlFrame>,
+    close_deadline: Option<Instant>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.control_len == 0
+            && self.ping_out.is_none()
+            && self.pong_out.is_none()
+            && self.close_out.is_none()
+            && self.close_deadline.is_none()
+    }
+}
+
+impl Default for Rare {
+    fn default() -> Self {
+        Rare {
+            control: [0; MAX_CONTROL_PAYLOAD],
+            control_len: 0,
+            control_delivered: false,
+            ping_out: None,
+            pong_out: None,
+            close_out: None,
+            close_deadline: None,
+        }
+    }
 }
 
 /// Assembly buffers that grew past this are freed after their message, not kept: an idle
@@ -281,16 +317,22 @@ const ASSEMBLY_KEEP: usize = 64 << 10;
 impl Connection {
     /// A server-side connection (receives masked frames).
     pub fn server(config: Config) -> Connection {
+        Self::new(Role::Server, Arc::new(config), 0)
+    }
+
+    /// A server-side connection sharing `config` with others (a server's connections all use
+    /// one configuration; sharing keeps each connection small).
+    pub fn server_shared(config: Arc<Config>) -> Connection {
         Self::new(Role::Server, config, 0)
     }
 
     /// A client-side connection. `mask_seed` seeds the generator of masking keys; pass
     /// something unpredictable (RFC 6455 §5.3), e.g. from the OS's random source.
     pub fn client(config: Config, mask_seed: u64) -> Connection {
-        Self::new(Role::Client, config, mask_seed)
+        Self::new(Role::Client, Arc::new(config), mask_seed)
     }
 
-    fn new(role: Role, config: Config, seed: u64) -> Connection {
+    fn new(role: Role, config: Arc<Config>, seed: u64) -> Connection {
         Connection {
             role,
             decoder: Decoder::new(role, config.max_frame_size),
@@ -299,17 +341,12 @@ impl Connection {
             utf8: Utf8Validator::new(),
             assembly: Vec::new(),
             assembly_delivered: false,
-            control: [0; MAX_CONTROL_PAYLOAD],
-            control_len: 0,
-            ping_out: None,
-            pong_out: None,
-            close_out: None,
+            rare: None,
             close: None,
             timed_out: false,
             now: None,
             last_input: None,
             ping_outstanding: false,
-            close_deadline: None,
             // xorshift needs a non-zero state.
             rng: seed | 1,
         }
@@ -402,7 +439,10 @@ impl Connection {
         match payload {
             Payload::Buf(r) => &buf[r.clone()],
             Payload::Assembly => &self.assembly,
-            Payload::Control => &self.control[..usize::from(self.control_len)],
+            Payload::Control => self
+                .rare
+                .as_ref()
+                .map_or(&[][..], |r| &r.control[..usize::from(r.control_len)]),
         }
     }
 
@@ -459,6 +499,13 @@ impl Connection {
         buf: &mut [u8],
         pos: &mut usize,
     ) -> Result<Option<RawEvent>, ProtocolError> {
+        if let Some(r) = &mut self.rare
+            && r.control_delivered
+        {
+            r.control_delivered = false;
+            r.control_len = 0;
+        }
+        self.trim_rare();
         if self.assembly_delivered {
             self.assembly_delivered = false;
             if self.assembly.capacity() > ASSEMBLY_KEEP {
@@ -481,15 +528,17 @@ impl Connection {
                 let src = if chunk.first && chunk.last {
                     Payload::Buf(range)
                 } else {
+                    let r = self.rare();
                     if chunk.first {
-                        self.control_len = 0;
+                        r.control_len = 0;
                     }
-                    let n = usize::from(self.control_len);
-                    self.control[n..n + range.len()].copy_from_slice(&buf[range.clone()]);
-                    self.control_len += range.len() as u8;
+                    let n = usize::from(r.control_len);
+                    r.control[n..n + range.len()].copy_from_slice(&buf[range.clone()]);
+                    r.control_len += range.len() as u8;
                     if !chunk.last {
                         continue;
                     }
+                    r.control_delivered = true;
                     Payload::Control
                 };
                 return self.control_frame(h.opcode, src, buf).map(Some);
@@ -569,15 +618,13 @@ impl Connection {
         buf: &[u8],
     ) -> Result<RawEvent, ProtocolError> {
         let key = self.mask_key();
-        let payload = match &src {
-            Payload::Buf(r) => &buf[r.clone()],
-            _ => &self.control[..usize::from(self.control_len)],
-        };
+        let payload = self.payload(&src, buf);
         match opcode {
             OpCode::Ping => {
                 if self.config.auto_pong && self.can_send() {
                     // Only the latest ping needs an answer (RFC 6455 §5.5.3).
-                    self.pong_out = Some(ControlFrame::new(OpCode::Pong, [payload, &[]], key));
+                    let pong = ControlFrame::new(OpCode::Pong, [payload, &[]], key);
+                    self.rare().pong_out = Some(pong);
                 }
                 Ok(RawEvent::Ping(src))
             }
@@ -588,13 +635,15 @@ impl Connection {
                     Some(c) => c.received = true,
                     None => {
                         // Echo the peer's code (none for 1005), as the RFC suggests.
+                        let code_bytes = code.0.to_be_bytes();
                         let reply: &[u8] = if code == CloseCode::NO_STATUS {
                             &[]
                         } else {
-                            &payload[..2]
+                            &code_bytes
                         };
                         // A pong queued before stays: `poll_transmit` sends it before the close.
-                        self.close_out = Some(ControlFrame::new(OpCode::Close, [reply, &[]], key));
+                        let close = ControlFrame::new(OpCode::Close, [reply, &[]], key);
+                        self.rare().close_out = Some(close);
                         self.close = Some(CloseInfo {
                             code,
                             initiator: Initiator::Remote,
@@ -616,12 +665,15 @@ impl Connection {
             Some(c) => {
                 // The close handshake was under way; there is nothing more to read.
                 c.initiator = Initiator::Library;
-                if !c.sent && self.close_out.is_none() {
-                    self.close_out = Some(self.close_frame(code, e.reason()));
+                let queued = self.rare.as_ref().is_some_and(|r| r.close_out.is_some());
+                if !c.sent && !queued {
+                    let f = self.close_frame(code, e.reason());
+                    self.rare().close_out = Some(f);
                 }
             }
             None => {
-                self.close_out = Some(self.close_frame(code, e.reason()));
+                let f = self.close_frame(code, e.reason());
+                self.rare().close_out = Some(f);
                 self.close = Some(CloseInfo {
                     code,
                     initiator: Initiator::Library,
@@ -630,8 +682,21 @@ impl Connection {
                 });
             }
         }
-        self.ping_out = None;
-        self.pong_out = None;
+        let r = self.rare();
+        r.ping_out = None;
+        r.pong_out = None;
+    }
+
+    /// The rare state, allocated on first use.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Free the rare state once nothing in it is needed.
+    fn trim_rare(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rare = None;
+        }
     }
 
     fn close_frame(&mut self, code: CloseCode, reason: &str) -> ControlFrame {
@@ -651,7 +716,8 @@ impl Connection {
         if !code.is_sendable() || reason.len() > MAX_CONTROL_PAYLOAD - 2 {
             return Err(SendError::InvalidClose);
         }
-        self.close_out = Some(self.close_frame(code, reason));
+        let f = self.close_frame(code, reason);
+        self.rare().close_out = Some(f);
         self.close = Some(CloseInfo {
             code,
             initiator: Initiator::Local,
@@ -669,11 +735,8 @@ impl Connection {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(SendError::ControlTooLong);
         }
-        self.ping_out = Some(ControlFrame::new(
-            OpCode::Ping,
-            [payload, &[]],
-            self.mask_key(),
-        ));
+        let ping = ControlFrame::new(OpCode::Ping, [payload, &[]], self.mask_key());
+        self.rare().ping_out = Some(ping);
         Ok(())
     }
 
@@ -695,14 +758,18 @@ impl Connection {
     /// The next control frame to send: pings and pongs first, the close frame last (nothing
     /// may follow it).
     pub fn poll_transmit(&mut self) -> Option<ControlFrame> {
-        if let Some(f) = self.ping_out.take().or_else(|| self.pong_out.take()) {
+        let r = self.rare.as_mut()?;
+        if let Some(f) = r.ping_out.take().or_else(|| r.pong_out.take()) {
             return Some(f);
         }
-        let f = self.close_out.take()?;
+        let Some(f) = r.close_out.take() else {
+            self.trim_rare();
+            return None;
+        };
         if let Some(c) = &mut self.close {
             c.sent = true;
             if !c.received {
-                self.close_deadline = self.now.map(|n| n + self.config.close_timeout);
+                r.close_deadline = self.now.map(|n| n + self.config.close_timeout);
             }
         }
         Some(f)
@@ -714,7 +781,7 @@ impl Connection {
         if self.is_closed() {
             return None;
         }
-        if let Some(d) = self.close_deadline {
+        if let Some(d) = self.rare.as_ref().and_then(|r| r.close_deadline) {
             return Some(d);
         }
         if self.close.is_some() {
@@ -744,19 +811,23 @@ impl Connection {
         if now < deadline {
             return;
         }
-        if self.close_deadline.is_some() || self.ping_outstanding {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.close_deadline.is_some())
+            || self.ping_outstanding
+        {
             self.give_up();
         } else if self.can_send() {
             self.ping_outstanding = true;
-            self.ping_out = Some(ControlFrame::new(OpCode::Ping, [&[], &[]], self.mask_key()));
+            let ping = ControlFrame::new(OpCode::Ping, [&[], &[]], self.mask_key());
+            self.rare().ping_out = Some(ping);
         }
     }
 
     fn give_up(&mut self) {
         self.timed_out = true;
-        self.ping_out = None;
-        self.pong_out = None;
-        self.close_out = None;
+        self.rare = None;
         match &mut self.close {
             Some(c) => c.code = CloseCode::ABNORMAL,
             None => {

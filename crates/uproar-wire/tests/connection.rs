@@ -386,3 +386,11 @@ fn raw_events_name_their_payload() {
     assert_eq!(c.read_event(&mut buf, &mut pos), Ok(None));
     assert_eq!(pos, buf.len());
 }
+
+/// A connection must stay small: servers hold tens of thousands. Rarely used state (split
+/// control frames, queued control frames, the close deadline) lives in a box freed when empty.
+#[test]
+fn a_connection_is_small() {
+    let n = size_of::<Connection>();
+    assert!(n <= 176, "Connection grew to {n} bytes");
+}

@@ -19,9 +19,11 @@ pub(crate) struct Slab<T> {
 }
 
 impl<T> Slab<T> {
-    pub(crate) fn new() -> Slab<T> {
+    /// A slab with room for `capacity` slots reserved up front: address space only (pages are
+    /// touched as slots fill), and growing never copies the table.
+    pub(crate) fn with_capacity(capacity: usize) -> Slab<T> {
         Slab {
-            slots: Vec::new(),
+            slots: Vec::with_capacity(capacity),
             free: Vec::new(),
             len: 0,
             next_generation: 0,
@@ -92,8 +94,8 @@ impl<T> Slab<T> {
         })
     }
 
-    /// Give memory back after a burst: drop free slots at the end and shrink, when at most a
-    /// quarter of the slots are in use.
+    /// After a burst: drop free slots at the end (their memory is reused by the next burst
+    /// without growing), when at most a quarter of the slots are in use.
     pub(crate) fn trim(&mut self) {
         if self.len * 4 > self.slots.len() || self.slots.len() < 64 {
             return;
@@ -103,7 +105,6 @@ impl<T> Slab<T> {
         }
         let n = self.slots.len() as u32;
         self.free.retain(|&i| i < n);
-        self.slots.shrink_to_fit();
         self.free.shrink_to_fit();
     }
 }
@@ -114,7 +115,7 @@ mod tests {
 
     #[test]
     fn stale_ids_never_match_a_reused_slot() {
-        let mut s = Slab::new();
+        let mut s = Slab::with_capacity(0);
         let (i, g) = s.insert("a");
         assert_eq!(s.remove(i, g), Some("a"));
         let (j, h) = s.insert("b");
@@ -128,7 +129,7 @@ mod tests {
 
     #[test]
     fn trim_keeps_live_slots_and_fresh_generations() {
-        let mut s = Slab::new();
+        let mut s = Slab::with_capacity(0);
         let keys: Vec<_> = (0..1000).map(|v| s.insert(v)).collect();
         for &(i, g) in &keys[1..] {
             s.remove(i, g);

@@ -96,9 +96,9 @@ pub(crate) fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-/// Best-effort non-blocking send of a short message (an HTTP error to a connection we will
-/// not keep). Returns whether all of it was written.
-pub(crate) fn send_now(fd: RawFd, data: &[u8]) -> bool {
+/// Non-blocking send of a short message on a socket with nothing else queued (a 101 response,
+/// an HTTP error to a connection we will not keep). Returns how many bytes were written.
+pub(crate) fn send_now(fd: RawFd, data: &[u8]) -> usize {
     // SAFETY: `data` is a valid slice for the duration of the call.
     let n = unsafe {
         libc::send(
@@ -108,7 +108,7 @@ pub(crate) fn send_now(fd: RawFd, data: &[u8]) -> bool {
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };
-    n == data.len() as isize
+    n.max(0) as usize
 }
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns (soft, hard) after.

@@ -42,13 +42,11 @@ impl Wheel {
             .min(u128::from(NONE - 1)) as u32
     }
 
-    /// Arm `key` for `deadline`; returns the tick it will fire at (remember it on the
-    /// connection: the entry is valid only while that matches).
-    pub(crate) fn insert(&mut self, key: Key, deadline: Instant) -> u32 {
+    /// Arm `key` for tick `tick` (from [`tick_of`](Self::tick_of)); returns the tick it will
+    /// fire at (remember it on the connection: the entry is valid only while that matches).
+    pub(crate) fn insert_at(&mut self, key: Key, tick: u32) -> u32 {
         let n = self.slots.len() as u32;
-        let t = self
-            .tick_of(deadline)
-            .clamp(self.cursor, self.cursor + n - 1);
+        let t = tick.clamp(self.cursor, self.cursor + n - 1);
         self.slots[(t % n) as usize].push(key);
         self.len += 1;
         t
@@ -90,8 +88,8 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut w = Wheel::new(t0, ms(10), 8);
-        let a = w.insert((1, 0), t0 + ms(25));
-        let b = w.insert((2, 0), t0 + ms(1000));
+        let a = w.insert_at((1, 0), w.tick_of(t0 + ms(25)));
+        let b = w.insert_at((2, 0), w.tick_of(t0 + ms(1000)));
         assert_eq!(a, 3);
         assert_eq!(b, 7, "beyond the wheel: parked at its far end");
         let mut out = Vec::new();
@@ -104,7 +102,7 @@ mod tests {
         assert_eq!(out, vec![((2, 0), 7)]);
         assert_eq!(w.next_wake(), None);
         // Armed again after a long idle stretch: still in the future.
-        let c = w.insert((3, 0), t0 + ms(5000));
+        let c = w.insert_at((3, 0), w.tick_of(t0 + ms(5000)));
         assert!(c >= 8);
         out.clear();
         w.expire(t0 + ms(5000), &mut out);

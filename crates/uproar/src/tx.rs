@@ -27,9 +27,9 @@ pub(crate) struct Tx {
     pub(crate) wants_drain: bool,
 }
 
-/// Initial staging capacity; why 4 KiB: a burst of small replies fits without regrowing, and
-/// it is one page.
-const STAGING: usize = 4 << 10;
+/// Least staging capacity reserved at once; why 256 bytes: a 101 response or a few small
+/// replies fit, and ten thousand connections upgrading at once do not each pin a page.
+const STAGING: usize = 256;
 
 impl Tx {
     /// Copy a frame (header and payload) in.

@@ -13,7 +13,7 @@ use uproar_wire::handshake::{self, HandshakeError, Request};
 use uproar_wire::{CloseCode, Connection, Initiator, Payload, RawEvent};
 
 use crate::app::{CloseEvent, Handler, HttpRequest, Message, Upgrade, UpgradeRequest, WebSocket};
-use crate::ctx::{Conn, Ctx, Http, State, Ws, id_of, mark};
+use crate::ctx::{Conn, Ctx, State, Ws, id_of, mark};
 use crate::error::Error;
 use crate::ring::{Cqe, Op, Ring, RingConfig, UserData};
 use crate::server::Shared;
@@ -162,11 +162,11 @@ impl<H: Handler> Worker<H> {
                 sys::close(fd);
             } else if !self.shared.acquire_conn() {
                 // Over max_connections: a clear answer, then close; no slot is spent.
-                sys::send_now(fd, OVERLOADED);
+                let _ = sys::send_now(fd, OVERLOADED);
                 sys::close(fd);
                 tracing::debug!("connection refused: max_connections reached");
             } else {
-                let deadline = self.ctx.now + self.ctx.cfg.handshake_timeout;
+                let deadline = self.ctx.deadline_in(self.ctx.cfg.handshake_timeout);
                 let key = self.ctx.conns.insert(Conn {
                     fd,
                     recv_armed: true,
@@ -174,11 +174,9 @@ impl<H: Handler> Worker<H> {
                     sending: false,
                     dirty: false,
                     timer: timer::NONE,
+                    deadline,
                     tx: None,
-                    state: State::Http(Box::new(Http {
-                        buf: Vec::new(),
-                        deadline,
-                    })),
+                    state: State::Http(Vec::new()),
                 });
                 self.ring
                     .recv_multi(fd, UserData::new(Op::Recv, key.1, key.0));
@@ -297,12 +295,13 @@ impl<H: Handler> Worker<H> {
                 continue;
             }
             conn.timer = timer::NONE;
+            let due = tick >= conn.deadline;
             match &mut conn.state {
-                State::Http(h) if now >= h.deadline => {
+                State::Http(_) if due => {
                     http_fail(&mut self.ctx, key, 408, "request timeout\n");
                 }
                 State::Ws(ws) => ws.proto.handle_timeout(now),
-                State::Linger { deadline, .. } if now >= *deadline => {
+                State::Linger { .. } if due => {
                     abort(&mut self.handler, &mut self.ctx, key);
                 }
                 _ => {}
@@ -482,7 +481,7 @@ fn ws_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, buf: 
             RawEvent::Close(_, p) => {
                 let reason = ws.proto.payload(&p, buf).get(2..).unwrap_or_default();
                 if !reason.is_empty() {
-                    ws.peer_reason = Some(String::from_utf8_lossy(reason).into());
+                    ws.peer_reason = Some(Box::new(String::from_utf8_lossy(reason).into()));
                 }
             }
             // Pings are answered by the codec; pongs need nothing; whole-message delivery
@@ -507,10 +506,10 @@ fn http_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, dat
     let Some(conn) = ctx.conns.get_mut(key.0, key.1) else {
         return;
     };
-    let State::Http(http) = &mut conn.state else {
+    let State::Http(held) = &mut conn.state else {
         return;
     };
-    let mut held = std::mem::take(&mut http.buf);
+    let mut held = std::mem::take(held);
     let input: &[u8] = if held.is_empty() {
         data
     } else {
@@ -567,10 +566,9 @@ fn http_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, dat
         if close || resp.status() >= 400 {
             return linger(ctx, key);
         }
-        if let Some(conn) = ctx.conns.get_mut(key.0, key.1)
-            && let State::Http(http) = &mut conn.state
-        {
-            http.deadline = ctx.now + cfg.handshake_timeout;
+        let deadline = ctx.deadline_in(cfg.handshake_timeout);
+        if let Some(conn) = ctx.conns.get_mut(key.0, key.1) {
+            conn.deadline = deadline;
         }
     }
     // Keep what is not a whole request yet, bounded by the header and body limits.
@@ -584,9 +582,9 @@ fn http_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, dat
         rest.to_vec()
     };
     if let Some(conn) = ctx.conns.get_mut(key.0, key.1)
-        && let State::Http(http) = &mut conn.state
+        && let State::Http(held) = &mut conn.state
     {
-        http.buf = keep;
+        *held = keep;
     }
 }
 
@@ -615,17 +613,29 @@ fn upgrade<H: Handler>(
     let mut out = std::mem::take(&mut ctx.scratch);
     out.clear();
     up.write_accept(&mut out, protocol);
-    ctx.queue_raw(key, &out);
+    // Nothing else is queued on this fresh socket, so its send buffer takes the whole 101 at
+    // once: written directly, it costs no send queue and no ring operation per handshake.
+    // Whatever is not written (never, in practice) is queued as usual.
+    if let Some(conn) = ctx.conns.get(key.0, key.1) {
+        let written = if conn.tx.is_none() {
+            sys::send_now(conn.fd, &out)
+        } else {
+            0
+        };
+        if written < out.len() {
+            ctx.queue_raw(key, &out[written..]);
+        }
+    }
     ctx.scratch = out;
-    let proto = Connection::server(ctx.wire.clone());
+    let proto = Connection::server_shared(ctx.wire.clone());
     let Some(conn) = ctx.conns.get_mut(key.0, key.1) else {
         return;
     };
-    conn.state = State::Ws(Box::new(Ws {
+    conn.state = State::Ws(Ws {
         proto,
         user,
         peer_reason: None,
-    }));
+    });
     let id = id_of(key);
     handler.on_open(&mut WebSocket { ctx, id });
     if let Some(conn) = ctx.conns.get_mut(key.0, key.1)
@@ -656,12 +666,10 @@ fn http_fail<C>(ctx: &mut Ctx<C>, key: Key, status: u16, reason: &str) {
 
 /// Close politely once the send queue is empty.
 fn linger<C>(ctx: &mut Ctx<C>, key: Key) {
-    let deadline = ctx.now + ctx.cfg.close_timeout;
+    let deadline = ctx.deadline_in(ctx.cfg.close_timeout);
     if let Some(conn) = ctx.conns.get_mut(key.0, key.1) {
-        conn.state = State::Linger {
-            deadline,
-            fin_sent: false,
-        };
+        conn.deadline = deadline;
+        conn.state = State::Linger { fin_sent: false };
         mark(&mut ctx.dirty, conn, key.0, key.1);
     }
 }
@@ -684,19 +692,17 @@ fn on_eof<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key) {
 /// Leave the WebSocket state: hand the state back through `on_close`, then either close
 /// politely (`abort` false) or at once.
 fn close_ws<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, abort_now: bool) {
-    let deadline = ctx.now + ctx.cfg.close_timeout;
+    let deadline = ctx.deadline_in(ctx.cfg.close_timeout);
     let Some(conn) = ctx.conns.get_mut(key.0, key.1) else {
         return;
     };
+    conn.deadline = deadline;
     let next = if abort_now {
         sys::shutdown(conn.fd, libc::SHUT_RDWR);
         conn.tx = None;
         State::Dead
     } else {
-        State::Linger {
-            deadline,
-            fin_sent: false,
-        }
+        State::Linger { fin_sent: false }
     };
     let State::Ws(ws) = std::mem::replace(&mut conn.state, next) else {
         return;
@@ -706,11 +712,11 @@ fn close_ws<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, abort
         proto,
         user,
         peer_reason,
-    } = *ws;
+    } = ws;
     let info = proto.close_info();
     let ev = CloseEvent {
         code: info.map_or(CloseCode::ABNORMAL, |c| c.code),
-        reason: peer_reason.as_deref().unwrap_or(""),
+        reason: peer_reason.as_deref().map_or("", |s| s.as_str()),
         initiator: info.map_or(Initiator::Remote, |c| c.initiator),
         clean: info.is_some_and(|c| c.sent && c.received),
     };
