@@ -503,10 +503,10 @@ fn resets_mid_frame_free_the_connection() {
             Some([1, 2, 3, 4]),
         );
         c.stream.write_all(&frame[..500]).unwrap();
-        abort(c.stream);
+        reset(c.stream);
         let mut h = TcpStream::connect(addr).unwrap();
         h.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
-        abort(h);
+        reset(h);
     }
     wait_logged(&log, "close /reset", 20);
     assert!(
@@ -521,30 +521,6 @@ fn resets_mid_frame_free_the_connection() {
     let mut c = Client::connect(addr, "/after");
     c.send_text("alive");
     assert_eq!(c.recv(), Got::Text("alive".into()));
-}
-
-/// Close with RST (SO_LINGER 0).
-fn abort(s: TcpStream) {
-    use std::os::fd::AsRawFd;
-    let l = libc_linger();
-    // SAFETY: setsockopt with a valid linger struct on a socket we own.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-    drop(s);
-}
-
-fn libc_linger() -> libc::linger {
-    libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    }
 }
 
 #[test]
