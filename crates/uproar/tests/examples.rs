@@ -4,89 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use uproar_wire::{CloseCode, DataKind};
-
-/// A running example; dropping `stdin` asks it to shut down gracefully.
-struct Example {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    addr: SocketAddr,
-}
-
-fn example_path(name: &str) -> PathBuf {
-    // Integration tests run from target/<profile>/deps; cargo builds examples beside it.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} not built (cargo test builds examples)",
-        path.display()
-    );
-    path
-}
-
-fn run_example(name: &str, args: &[&str]) -> Example {
-    let mut child = Command::new(example_path(name))
-        .args(["--listen", "127.0.0.1:0", "--stop-on-eof"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    Example {
-        stdin: child.stdin.take(),
-        child,
-        addr,
-    }
-}
-
-impl Example {
-    /// Shut down gracefully and check the process exits 0.
-    fn stop(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "exit status {status}");
-    }
-
-    fn proc_status(&self, field: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap())
-            .unwrap()
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn echo_example_echoes_and_shuts_down_with_1001() {

@@ -4,8 +4,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use uproar::{Builder, Server};
@@ -44,6 +46,13 @@ pub struct Client {
 
 /// Read an HTTP response head (and its body by Content-Length); returns (status, head, body).
 pub fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let (status, head, body, _) = read_response_and_rest(stream);
+    (status, head, body)
+}
+
+/// Like [`read_response`], also returning the bytes that arrived after the response (frames
+/// that followed a 101 in the same read).
+pub fn read_response_and_rest(stream: &mut TcpStream) -> (u16, String, Vec<u8>, Vec<u8>) {
     let mut data = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -70,7 +79,8 @@ pub fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
         data.extend_from_slice(&chunk[..n]);
     }
     let body = data[head_end..head_end + len].to_vec();
-    (status, head, body)
+    let rest = data[head_end + len..].to_vec();
+    (status, head, body, rest)
 }
 
 /// Send `request` on a fresh connection and read the response.
@@ -119,7 +129,7 @@ impl Client {
         let mut req = Vec::new();
         hs.write_request(&mut req, &addr.to_string(), path, protocols, &[]);
         stream.write_all(&req).unwrap();
-        let (status, head, body) = read_response(&mut stream);
+        let (status, head, body, rest) = read_response_and_rest(&mut stream);
         if status != 101 {
             return Err((status, String::from_utf8_lossy(&body).into()));
         }
@@ -129,7 +139,7 @@ impl Client {
         Ok(Client {
             stream,
             conn: Connection::client(WireConfig::default(), 42),
-            buf: body,
+            buf: rest,
             got: Default::default(),
         })
     }
@@ -260,4 +270,79 @@ pub fn reset(s: TcpStream) {
         );
     }
     drop(s);
+}
+
+/// A running example; dropping `stdin` asks it to shut down gracefully.
+pub struct Example {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub addr: SocketAddr,
+}
+
+pub fn example_path(name: &str) -> PathBuf {
+    // Integration tests run from target/<profile>/deps; cargo builds examples beside it.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built (cargo test builds examples)",
+        path.display()
+    );
+    path
+}
+
+pub fn run_example(name: &str, args: &[&str]) -> Example {
+    let mut child = Command::new(example_path(name))
+        .args(["--listen", "127.0.0.1:0", "--stop-on-eof"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    Example {
+        stdin: child.stdin.take(),
+        child,
+        addr,
+    }
+}
+
+impl Example {
+    /// Shut down gracefully and check the process exits 0.
+    pub fn stop(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+
+    pub fn proc_status(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap())
+            .unwrap()
+    }
+
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,36 @@
+"""Drive an echo server with Python's `websockets` (sync client): text and binary from 1 B to
+1 MiB, a fragmented message, ping/pong, and a clean close handshake. Exit 0 and print "ok" on
+success; any mismatch raises."""
+import sys
+
+from websockets.sync.client import connect
+
+SIZES = [1, 125, 126, 65535, 65536, 1 << 20]
+
+
+def main(url):
+    with connect(url, max_size=None, compression=None, open_timeout=10, close_timeout=10) as ws:
+        for n in SIZES:
+            # n bytes of UTF-8, with a two-byte code point at the end when there is room.
+            text = "x" * n if n < 3 else "".join(chr(0x61 + i % 26) for i in range(n - 2)) + "é"
+            ws.send(text)
+            got = ws.recv(timeout=10)
+            assert got == text, f"text of {n} bytes came back different"
+            data = bytes(i % 251 for i in range(n))
+            ws.send(data)
+            got = ws.recv(timeout=10)
+            assert got == data, f"binary of {n} bytes came back different"
+        # A fragmented message: an iterable is sent as one message in several frames.
+        ws.send(["frag", "ment", "ed ✓"])
+        assert ws.recv(timeout=10) == "fragmented ✓"
+        ws.send([b"\x00" * 70000, b"\x01" * 70000])
+        assert ws.recv(timeout=10) == b"\x00" * 70000 + b"\x01" * 70000
+        pong = ws.ping(b"are you there")
+        assert pong.wait(timeout=10), "no pong"
+        ws.close(code=1000, reason="done")
+        assert ws.close_code == 1000, f"server replied with close code {ws.close_code}"
+    print("ok")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
