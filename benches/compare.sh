@@ -10,13 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 secs=${2:-5}
-servers=(${SERVERS:-tungstenite fastwebsockets uring})
+servers=(${SERVERS:-uproar tungstenite fastwebsockets uring})
 scenarios=(${SCENARIOS:-echo20_c100_d1 echo20_c1000_d1 echo20_c100_d16 echo20_c1000_d16 echo16k_c100_d1 bcast20_s32 bcast20_s100 bcast20_s1000 idle10k})
 out=target/compare
 port=9201
 
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p uproar-loadtest -p uproar-peers
+cargo build --release -q -p uproar --example echo
 bin=target/release
 
 # Arguments of each scenario (the URL's path is added per server).
@@ -45,6 +46,8 @@ start_server() {
         tungstenite) taskset -c 0 "$bin/peer-tungstenite" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         fastwebsockets) taskset -c 0 "$bin/peer-fastwebsockets" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         uring) taskset -c 0 "$bin/peer-uring-echo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
+        # The engine's echo example (one worker: the affinity mask holds CPU 0 only).
+        uproar) taskset -c 0 "$bin/examples/echo" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
     esac
     server_pid=$!
@@ -78,6 +81,10 @@ for r in $(seq 1 "$rounds"); do
             if [ "$sv" = uring ]; then
                 # A raw TCP echo has no WebSocket: only echo scenarios, with --raw-tcp.
                 case "$sc" in echo*) extra="--raw-tcp" ;; *) continue ;; esac
+            fi
+            # uproar's broadcast server (/ws/{topic}) is not built yet: echo and idle only.
+            if [ "$sv" = uproar ]; then
+                case "$sc" in bcast*) continue ;; esac
             fi
             timing="--duration ${secs}s --warmup 1s"
             case "$sc" in idle*) timing="" ;; esac

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Options: `--listen ADDR`, `--threads N`, `--max-message-size BYTES`,
-//! `--max-buffered-bytes BYTES`, `--idle-timeout-ms MS`, `--handshake-timeout-ms MS`,
+//! `--max-buffered-bytes BYTES`, `--max-connections N`, `--recv-buffer-size BYTES`,
+//! `--recv-buffers N`, `--idle-timeout-ms MS`, `--handshake-timeout-ms MS`,
 //! `--close-timeout-ms MS`. It prints `listening on ADDR` once ready, and stops gracefully
 //! when its standard input reaches end of file if started with `--stop-on-eof`.
 
@@ -45,6 +46,8 @@ fn main() {
             "--max-message-size" => b.max_message_size(num(val())),
             "--max-buffered-bytes" => b.max_buffered_bytes(num(val()) as usize),
             "--max-connections" => b.max_connections(num(val()) as usize),
+            "--recv-buffer-size" => b.recv_buffer_size(num(val()) as u32),
+            "--recv-buffers" => b.recv_buffers(num(val()) as u16),
             "--idle-timeout-ms" => b.idle_timeout(Some(Duration::from_millis(num(val())))),
             "--handshake-timeout-ms" => b.handshake_timeout(Duration::from_millis(num(val()))),
             "--close-timeout-ms" => b.close_timeout(Duration::from_millis(num(val()))),

@@ -57,12 +57,13 @@ pub struct Config {
     /// What happens when a send would pass `max_buffered_bytes`. Default
     /// [`BackpressurePolicy::Close`].
     pub backpressure: BackpressurePolicy,
-    /// Size of each pooled receive buffer. Default 16 KiB: one recv takes a burst of small
-    /// frames or a good slice of a large one.
+    /// Size of each pooled receive buffer. Default 32 KiB: a frame that fits in one buffer is
+    /// handed over in place, one that straddles two is copied; at 16 KiB every 16 KiB message
+    /// straddled, and echoing them cost twice the CPU (measured, docs/benchmarks.md).
     pub recv_buffer_size: u32,
-    /// Receive buffers per worker (a power of two). Default 512 (8 MiB per worker): enough
-    /// for one completion per connection per loop turn at a thousand busy connections; when
-    /// the pool runs dry the recv is re-armed, not lost.
+    /// Receive buffers per worker (a power of two). Default 256 (8 MiB per worker): one
+    /// completion per busy connection per loop turn for hundreds of connections; when the pool
+    /// runs dry the recv is re-armed at the end of the turn, not lost.
     pub recv_buffers: u16,
     /// Fault the receive pool in at start. Default true: the hot path then never takes a
     /// page fault, and the pool shows in RSS from the start, as the fixed cost it is.
@@ -89,8 +90,8 @@ impl Default for Config {
             max_connections: 10_000,
             max_buffered_bytes: 1 << 20,
             backpressure: BackpressurePolicy::Close,
-            recv_buffer_size: 16 << 10,
-            recv_buffers: 512,
+            recv_buffer_size: 32 << 10,
+            recv_buffers: 256,
             prefault_buffers: true,
             ring_entries: 4096,
             backlog: 4096,
