@@ -114,6 +114,12 @@ impl<H: Handler> Worker<H> {
             }
             self.rearm_recvs();
             self.flush();
+            // The ownership rule of design/0004: no receive buffer outlives its turn.
+            debug_assert_eq!(
+                self.ring.buffers_held(),
+                0,
+                "a receive buffer was not recycled"
+            );
             if self.stop_deadline.is_some()
                 && self.ctx.conns.len() == 0
                 && self.ring.sends_in_flight() == 0

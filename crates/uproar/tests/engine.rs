@@ -571,3 +571,77 @@ fn shutdown_closes_every_connection_with_1001() {
     );
     assert!(TcpStream::connect(addr).is_err(), "no longer listening");
 }
+
+/// A receive pool of two buffers and a ring of 8 entries (32 completions) under 50 clients
+/// pipelining 20 messages each: recvs run out of buffers (ENOBUFS, re-armed) and completions
+/// overflow the queue (kept by the kernel, reaped later); every message still comes back, in
+/// order.
+#[test]
+fn tiny_pools_and_rings_lose_nothing() {
+    let (server, _log) = start(
+        builder()
+            .recv_buffers(2)
+            .recv_buffer_size(4096)
+            .ring_entries(8),
+    );
+    let addr = server.local_addr();
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr, "/tiny");
+                for j in 0..20 {
+                    c.send_text(&format!("{i}-{j}-{}", "x".repeat(j * 100)));
+                }
+                for j in 0..20 {
+                    assert_eq!(
+                        c.recv(),
+                        Got::Text(format!("{i}-{j}-{}", "x".repeat(j * 100)))
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// Start-up errors say what to change.
+#[test]
+fn configuration_errors_say_what_to_fix() {
+    let e = builder()
+        .threads(0)
+        .start(|_| App {
+            log: Log::default(),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("threads"), "{e}");
+    let e = builder()
+        .max_connections(1 << 40)
+        .start(|_| App {
+            log: Log::default(),
+        })
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("RLIMIT_NOFILE") && msg.contains("max_connections"),
+        "{msg}"
+    );
+    let e = builder()
+        .recv_buffers(100)
+        .start(|_| App {
+            log: Log::default(),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("power of two"), "{e}");
+    let e = builder()
+        .listen("192.0.2.1:1".parse().unwrap())
+        .start(|_| App {
+            log: Log::default(),
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("cannot listen on 192.0.2.1:1"),
+        "{e}"
+    );
+}

@@ -73,6 +73,11 @@ impl BufRing {
         Some(unsafe { std::slice::from_raw_parts_mut(self.bufs.as_ptr().add(start), len) })
     }
 
+    /// How many buffers we hold (the rest are the kernel's). Zero between loop turns.
+    pub(crate) fn held(&self) -> usize {
+        self.owned.iter().filter(|&&o| o).count()
+    }
+
     /// Give `bid` back to the kernel. Ids we do not hold are ignored.
     pub(crate) fn recycle(&mut self, bid: u16) {
         let Some(owned) = self.owned.get_mut(usize::from(bid)) else {

@@ -414,6 +414,11 @@ impl Ring {
         self.bufs.take(bid, len)
     }
 
+    /// Receive buffers we hold: every one goes back within the turn that received it.
+    pub(crate) fn buffers_held(&self) -> usize {
+        self.bufs.held()
+    }
+
     /// Give provided buffer `bid` back to the kernel.
     pub(crate) fn recycle_buf(&mut self, bid: u16) {
         self.bufs.recycle(bid);
