@@ -46,8 +46,10 @@ start_server() {
         tungstenite) taskset -c 0 "$bin/peer-tungstenite" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         fastwebsockets) taskset -c 0 "$bin/peer-fastwebsockets" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         uring) taskset -c 0 "$bin/peer-uring-echo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
-        # The engine's echo example (one worker: the affinity mask holds CPU 0 only).
-        uproar) taskset -c 0 "$bin/examples/echo" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        # The engine's echo example (one worker: the affinity mask holds CPU 0 only). For the
+        # idle-memory scenario mimalloc's transparent huge pages are turned off, so RSS grows
+        # by 4 KiB pages rather than 2 MiB ones (the peers' glibc malloc asks for none).
+        uproar) env ${thp_off:+MIMALLOC_ALLOW_THP=0} taskset -c 0 "$bin/examples/echo" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
     esac
     server_pid=$!
@@ -89,6 +91,8 @@ for r in $(seq 1 "$rounds"); do
             timing="--duration ${secs}s --warmup 1s"
             case "$sc" in idle*) timing="" ;; esac
             mkdir -p "$out/$r/$sc"
+            thp_off=""
+            case "$sc" in idle*) thp_off=1 ;; esac
             start_server "$sv"
             # shellcheck disable=SC2086
             taskset -c 1 "$bin/loadtest" $args --url "ws://127.0.0.1:$port$path" $timing $extra \

@@ -11,6 +11,10 @@ pub(crate) type Key = (u32, u32);
 /// "Not armed".
 pub(crate) const NONE: u32 = u32::MAX;
 
+/// Entries a slot keeps room for after firing; why 64: the steady state of a busy server
+/// spreads its deadlines over many ticks, so slots stay small; a burst is not kept.
+const SLOT_KEEP: usize = 64;
+
 #[derive(Debug)]
 pub(crate) struct Wheel {
     start: Instant,
@@ -70,6 +74,11 @@ impl Wheel {
             let slot = &mut self.slots[(self.cursor % n) as usize];
             self.len -= slot.len();
             out.extend(slot.drain(..).map(|k| (k, self.cursor)));
+            // A burst (thousands of connections arriving together) lands in one slot; do not
+            // keep its capacity, or every slot ends up sized for the largest burst it saw.
+            if slot.capacity() > SLOT_KEEP {
+                *slot = Vec::new();
+            }
             self.cursor += 1;
             if self.len == 0 {
                 self.cursor = now_tick + 1;
