@@ -284,17 +284,11 @@ impl<S: Copy + Eq + Hash> Registry<S> {
             .filter_map(|&id| self.topics[id].as_ref().map(|t| &*t.name))
     }
 
-    /// Fan `msg` out to every subscriber of `topic`. For each, `buffered(sub)` tells its
-    /// backlog; under the policy the message is then handed to `deliver(sub, msg)`, skipped
-    /// (counted as a drop), or skipped with `sub` listed in `to_close` (counted as a slow
-    /// close; the caller closes it, and should then [`remove`](Self::remove) it).
-    pub fn publish<M>(
-        &mut self,
-        topic: &str,
-        msg: &M,
-        mut buffered: impl FnMut(S) -> usize,
-        mut deliver: impl FnMut(S, &M) -> Outcome,
-    ) -> Published<S> {
+    /// Fan `msg` out to every subscriber of `topic`. For each, `sink.buffered(sub)` tells its
+    /// backlog; under the policy the message is then handed to `sink.deliver(sub, msg)`,
+    /// skipped (counted as a drop), or skipped with `sub` listed in `to_close` (counted as a
+    /// slow close; the caller closes it, and should then [`remove`](Self::remove) it).
+    pub fn publish<M>(&mut self, topic: &str, msg: &M, sink: &mut impl Sink<S, M>) -> Published<S> {
         self.counters.published += 1;
         let mut out = Published {
             delivered: 0,
@@ -305,9 +299,9 @@ impl<S: Copy + Eq + Hash> Registry<S> {
             return out;
         };
         for &sub in &t.members {
-            match self.policy.admit(buffered(sub)) {
+            match self.policy.admit(sink.buffered(sub)) {
                 Admit::Queue => {
-                    if deliver(sub, msg) == Outcome::Delivered {
+                    if sink.deliver(sub, msg) == Outcome::Delivered {
                         out.delivered += 1;
                     }
                 }
@@ -320,4 +314,12 @@ impl<S: Copy + Eq + Hash> Registry<S> {
         self.counters.slow_closes += out.to_close.len() as u64;
         out
     }
+}
+
+/// Where [`Registry::publish`] delivers: the caller's subscribers and their queues.
+pub trait Sink<S, M> {
+    /// Bytes queued for `sub` and not yet taken by its transport.
+    fn buffered(&self, sub: S) -> usize;
+    /// Queue `msg` for `sub` (by reference: the caller's message is shared, not copied).
+    fn deliver(&mut self, sub: S, msg: &M) -> Outcome;
 }

@@ -4,7 +4,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{OnFull, Outcome, Policy, Registry};
+use crate::{OnFull, Outcome, Policy, Registry, Sink};
+
+/// The model's subscribers: which are over the limit, and what each received, in order.
+struct Recorder<'a, F: Fn(u8) -> bool> {
+    over: F,
+    got: Vec<u8>,
+    received: &'a mut BTreeMap<u8, Vec<(String, u64)>>,
+}
+
+impl<F: Fn(u8) -> bool> Sink<u8, (String, u64)> for Recorder<'_, F> {
+    fn buffered(&self, sub: u8) -> usize {
+        if (self.over)(sub) { LIMIT + 1 } else { LIMIT }
+    }
+
+    fn deliver(&mut self, sub: u8, m: &(String, u64)) -> Outcome {
+        self.got.push(sub);
+        self.received.entry(sub).or_default().push(m.clone());
+        Outcome::Delivered
+    }
+}
 
 const SUBS: u8 = 8;
 const TOPICS: u8 = 4;
@@ -56,17 +75,13 @@ pub fn check(ops: &[u8]) {
                 let n = seq.entry(t.clone()).or_default();
                 *n += 1;
                 let msg = (t.clone(), *n);
-                let mut got = Vec::new();
-                let r = reg.publish(
-                    &t,
-                    &msg,
-                    |sub| if over(sub) { LIMIT + 1 } else { LIMIT },
-                    |sub, m| {
-                        got.push(sub);
-                        received.entry(sub).or_default().push(m.clone());
-                        Outcome::Delivered
-                    },
-                );
+                let mut rec = Recorder {
+                    over,
+                    got: Vec::new(),
+                    received: &mut received,
+                };
+                let r = reg.publish(&t, &msg, &mut rec);
+                let got = rec.got;
                 let members = model.get(&t).cloned().unwrap_or_default();
                 let want: BTreeSet<u8> = members.iter().copied().filter(|&m| !over(m)).collect();
                 let got_set: BTreeSet<u8> = got.iter().copied().collect();

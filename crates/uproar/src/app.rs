@@ -337,6 +337,21 @@ impl<'a, C> WebSocket<'a, C> {
         self.ctx.close(self.id, code, reason)
     }
 
+    /// Subscribe this connection to `topic`; false if it already was.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.ctx.subscribe(self.id, topic)
+    }
+
+    /// Unsubscribe this connection from `topic`; false if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.ctx.unsubscribe(self.id, topic)
+    }
+
+    /// Publish to `topic` on every worker (see [`Ctx::publish`]).
+    pub fn publish(&mut self, topic: &str, kind: DataKind, payload: &[u8]) -> usize {
+        self.ctx.publish(topic, kind, payload)
+    }
+
     /// Bytes queued for this connection that its socket has not taken yet.
     pub fn buffered_amount(&self) -> usize {
         self.ctx.buffered_amount(self.id)

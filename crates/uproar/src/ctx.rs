@@ -5,10 +5,12 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use uproar_pubsub::{Counters, OnFull, Outcome, Policy, Registry, Sink};
 use uproar_wire::{CloseCode, Connection, DataKind};
 
 use crate::app::{ConnId, Frame, SendStatus};
 use crate::config::{BackpressurePolicy, Config};
+use crate::server::{Remote, Shared};
 use crate::slab::Slab;
 use crate::timer::{self, Key, Wheel};
 use crate::tx::Tx;
@@ -69,6 +71,9 @@ pub struct Ctx<C> {
     pub(crate) wire: Arc<uproar_wire::Config>,
     pub(crate) shutting_down: bool,
     pub(crate) scratch: Vec<u8>,
+    /// Topics and subscribers of this worker.
+    pub(crate) registry: Registry<Key>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl<C> fmt::Debug for Ctx<C> {
@@ -81,7 +86,15 @@ impl<C> fmt::Debug for Ctx<C> {
 }
 
 impl<C> Ctx<C> {
-    pub(crate) fn new(worker: usize, cfg: Arc<Config>, now: Instant) -> Ctx<C> {
+    pub(crate) fn new(worker: usize, shared: Arc<Shared>, now: Instant) -> Ctx<C> {
+        let cfg = shared.config.clone();
+        let policy = Policy {
+            max_buffered: cfg.max_buffered_bytes,
+            on_full: match cfg.backpressure {
+                BackpressurePolicy::Close => OnFull::Close,
+                BackpressurePolicy::Drop => OnFull::Drop,
+            },
+        };
         // 100 ms ticks over 1024 slots: timeouts are seconds long, and the wheel spans 102 s
         // before an entry is parked and re-armed.
         let wheel = Wheel::new(now, std::time::Duration::from_millis(100), 1024);
@@ -95,7 +108,79 @@ impl<C> Ctx<C> {
             cfg,
             shutting_down: false,
             scratch: Vec::new(),
+            registry: Registry::new(policy),
+            shared,
         }
+    }
+
+    /// Subscribe the open WebSocket `id` to `topic`; false if it already was (or is not an open
+    /// WebSocket).
+    pub fn subscribe(&mut self, id: ConnId, topic: &str) -> bool {
+        let open = self
+            .conns
+            .get(id.index, id.generation)
+            .is_some_and(|c| matches!(c.state, State::Ws(_)));
+        open && self.registry.subscribe((id.index, id.generation), topic)
+    }
+
+    /// Unsubscribe `id` from `topic`; false if it was not subscribed.
+    pub fn unsubscribe(&mut self, id: ConnId, topic: &str) -> bool {
+        self.registry.unsubscribe((id.index, id.generation), topic)
+    }
+
+    /// Publish a message to `topic` on every worker: it is encoded once, queued by reference to
+    /// this worker's subscribers now, and handed to the other workers' inboxes (the same
+    /// buffer, no copy). Returns how many subscribers of this worker it was queued to.
+    pub fn publish(&mut self, topic: &str, kind: DataKind, payload: &[u8]) -> usize {
+        self.publish_frame(topic, &Frame::new(kind, payload))
+    }
+
+    /// [`publish`](Self::publish) a frame already encoded.
+    pub fn publish_frame(&mut self, topic: &str, frame: &Frame) -> usize {
+        if self.shared.inboxes.len() > 1 {
+            let remote = Remote {
+                topic: topic.into(),
+                frame: frame.clone(),
+            };
+            for w in (0..self.shared.inboxes.len()).filter(|&w| w != self.worker) {
+                self.shared.post(w, remote.clone());
+            }
+        }
+        self.fan_out(topic, frame)
+    }
+
+    /// Queue `frame` to this worker's subscribers of `topic`, under the backpressure policy.
+    pub(crate) fn fan_out(&mut self, topic: &str, frame: &Frame) -> usize {
+        let mut sink = ConnSink {
+            conns: &mut self.conns,
+            dirty: &mut self.dirty,
+        };
+        let out = self.registry.publish(topic, frame, &mut sink);
+        for key in out.to_close {
+            // A slow consumer: the close goes behind its backlog; if it never reads, the close
+            // timeout drops it.
+            self.registry.remove(key);
+            if let Some(conn) = self.conns.get_mut(key.0, key.1)
+                && let State::Ws(ws) = &mut conn.state
+            {
+                let _ = ws
+                    .proto
+                    .queue_close(CloseCode::POLICY_VIOLATION, "slow consumer");
+                mark(&mut self.dirty, conn, key.0, key.1);
+            }
+        }
+        out.delivered
+    }
+
+    /// This worker's pub/sub counters: messages published here or received from other workers,
+    /// deliveries, drops and slow-consumer closes.
+    pub fn pubsub_counters(&self) -> Counters {
+        self.registry.counters()
+    }
+
+    /// Topics with subscribers on this worker.
+    pub fn topics(&self) -> usize {
+        self.registry.topic_count()
     }
 
     /// The time at the start of this loop turn (one clock read per turn).
@@ -257,6 +342,38 @@ impl<C> Ctx<C> {
     /// The wheel tick `timeout` from now.
     pub(crate) fn deadline_in(&self, timeout: std::time::Duration) -> u32 {
         self.wheel.tick_of(self.now + timeout)
+    }
+}
+
+/// The connections as pub/sub sees them.
+struct ConnSink<'a, C> {
+    conns: &'a mut Slab<Conn<C>>,
+    dirty: &'a mut Vec<Key>,
+}
+
+impl<C> Sink<Key, Frame> for ConnSink<'_, C> {
+    fn buffered(&self, key: Key) -> usize {
+        self.conns
+            .get(key.0, key.1)
+            .and_then(|c| c.tx.as_ref())
+            .map_or(0, |t| t.buffered)
+    }
+
+    fn deliver(&mut self, key: Key, frame: &Frame) -> Outcome {
+        let Some(conn) = self.conns.get_mut(key.0, key.1) else {
+            return Outcome::Gone;
+        };
+        let State::Ws(ws) = &conn.state else {
+            return Outcome::Gone;
+        };
+        if !ws.proto.can_send() {
+            return Outcome::Gone;
+        }
+        conn.tx
+            .get_or_insert_with(Box::default)
+            .push_shared(frame.bytes.clone());
+        mark(self.dirty, conn, key.0, key.1);
+        Outcome::Delivered
     }
 }
 

@@ -53,5 +53,6 @@ pub use app::{
 pub use config::{BackpressurePolicy, Config};
 pub use ctx::Ctx;
 pub use error::Error;
-pub use server::{Builder, Handle, Server};
+pub use server::{Builder, Handle, Publisher, Server};
+pub use uproar_pubsub::Counters as PubSubCounters;
 pub use uproar_wire::{CloseCode, DataKind, Initiator};

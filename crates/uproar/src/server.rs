@@ -4,15 +4,16 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::app::Handler;
+use crate::app::{Frame, Handler};
 use crate::config::{BackpressurePolicy, Config};
 use crate::error::Error;
 use crate::sys;
 use crate::worker::Worker;
+use uproar_wire::DataKind;
 
 /// State shared by the workers and every [`Handle`].
 #[derive(Debug)]
@@ -24,6 +25,15 @@ pub(crate) struct Shared {
     pub(crate) wakers: Vec<OwnedFd>,
     /// Open connections over all workers, against `max_connections`.
     open: AtomicUsize,
+    /// Per worker, messages published elsewhere for its subscribers.
+    pub(crate) inboxes: Vec<Mutex<Vec<Remote>>>,
+}
+
+/// A publish from another worker (or a [`Publisher`]): the topic and the frame, shared.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    pub(crate) topic: std::sync::Arc<str>,
+    pub(crate) frame: Frame,
 }
 
 impl Shared {
@@ -38,6 +48,30 @@ impl Shared {
 
     pub(crate) fn release_conn(&self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Hand `remote` to `worker`'s inbox, waking it if the inbox was empty (a non-empty inbox
+    /// has a wake-up pending already). Order per sender is kept: the inbox is FIFO.
+    pub(crate) fn post(&self, worker: usize, remote: Remote) {
+        let was_empty = {
+            let mut q = self.inboxes[worker]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            q.push(remote);
+            q.len() == 1
+        };
+        if was_empty {
+            sys::eventfd_signal(self.wakers[worker].as_raw_fd());
+        }
+    }
+
+    /// Take everything in `worker`'s inbox.
+    pub(crate) fn drain(&self, worker: usize) -> Vec<Remote> {
+        std::mem::take(
+            &mut *self.inboxes[worker]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 }
 
@@ -138,6 +172,7 @@ impl Builder {
             config: Arc::new(cfg.clone()),
             stop: AtomicBool::new(false),
             grace_nanos: AtomicU64::new(0),
+            inboxes: (0..cfg.threads).map(|_| Mutex::new(Vec::new())).collect(),
             wakers,
             open: AtomicUsize::new(0),
         });
@@ -253,6 +288,11 @@ impl Server {
         self.handle.clone()
     }
 
+    /// A handle that publishes to topics from any thread.
+    pub fn publisher(&self) -> Publisher {
+        self.handle.publisher()
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.handle.local_addr
@@ -301,5 +341,38 @@ impl Handle {
     /// Open connections over all workers.
     pub fn connections(&self) -> usize {
         self.shared.open.load(Ordering::Relaxed)
+    }
+
+    /// A handle that publishes to topics from any thread.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Publishes to topics from any thread (a tokio service that embeds uproar, say): the message
+/// is encoded once and the same buffer goes to every worker's inbox; each worker queues it to
+/// its subscribers. Messages from one `Publisher` to one topic arrive in order.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+}
+
+impl Publisher {
+    /// Publish a whole message to `topic`.
+    pub fn publish(&self, topic: &str, kind: DataKind, payload: &[u8]) {
+        self.publish_frame(topic, &Frame::new(kind, payload));
+    }
+
+    /// Publish a frame already encoded.
+    pub fn publish_frame(&self, topic: &str, frame: &Frame) {
+        let remote = Remote {
+            topic: topic.into(),
+            frame: frame.clone(),
+        };
+        for w in 0..self.shared.inboxes.len() {
+            self.shared.post(w, remote.clone());
+        }
     }
 }

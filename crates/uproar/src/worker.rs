@@ -60,7 +60,7 @@ impl<H: Handler> Worker<H> {
         Ok(Worker {
             ring,
             handler,
-            ctx: Ctx::new(index, cfg, Instant::now()),
+            ctx: Ctx::new(index, shared.clone(), Instant::now()),
             listener: Some(listener),
             shared,
             wake_fd,
@@ -150,6 +150,10 @@ impl<H: Handler> Worker<H> {
             Op::Recv => self.on_recv((ud.index, ud.generation), cqe),
             Op::Send => self.on_send(ud.index, cqe),
             Op::Wake => {
+                // Publishes from other workers and from `Publisher`s.
+                for r in self.ctx.shared.drain(self.ctx.worker) {
+                    self.ctx.fan_out(&r.topic, &r.frame);
+                }
                 if self.stop_deadline.is_none() {
                     self.ring.read_wake(self.wake_fd);
                 }
@@ -714,6 +718,7 @@ fn close_ws<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, abort
         return;
     };
     mark(&mut ctx.dirty, conn, key.0, key.1);
+    ctx.registry.remove(key);
     let Ws {
         proto,
         user,
