@@ -12,6 +12,7 @@ use crate::app::{ConnId, Frame, SendStatus};
 use crate::config::{BackpressurePolicy, Config};
 use crate::server::{Remote, Shared};
 use crate::slab::Slab;
+use crate::stats::{Counts, WorkerStats};
 use crate::timer::{self, Key, Wheel};
 use crate::tx::Tx;
 
@@ -74,6 +75,11 @@ pub struct Ctx<C> {
     /// Topics and subscribers of this worker.
     pub(crate) registry: Registry<Key>,
     pub(crate) shared: Arc<Shared>,
+    pub(crate) counts: Counts,
+    /// Open WebSockets on this worker.
+    pub(crate) websockets: u64,
+    /// Bytes queued on this worker, summed once a second (a gauge).
+    pub(crate) buffered_gauge: u64,
 }
 
 impl<C> fmt::Debug for Ctx<C> {
@@ -110,7 +116,40 @@ impl<C> Ctx<C> {
             scratch: Vec::new(),
             registry: Registry::new(policy),
             shared,
+            counts: Counts::default(),
+            websockets: 0,
+            buffered_gauge: 0,
         }
+    }
+
+    /// This worker's counters, now.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.counts;
+        let p = self.registry.counters();
+        WorkerStats {
+            connections: self.conns.len() as u64,
+            websockets: self.websockets,
+            buffered_bytes: self.buffered_gauge,
+            accepted: c.accepted,
+            upgrades: c.upgrades,
+            rejections: c.rejections,
+            messages_in: c.messages_in,
+            bytes_in: c.bytes_in,
+            messages_out: c.messages_out,
+            bytes_out: c.bytes_out,
+            published: p.published,
+            deliveries: p.deliveries,
+            drops: p.drops,
+            slow_closes: p.slow_closes,
+        }
+    }
+
+    /// Every worker's counters, by worker index: this one's now, the others' as of their
+    /// last loop turn.
+    pub fn all_stats(&self) -> Vec<WorkerStats> {
+        let mut all = self.shared.stats();
+        all[self.worker] = self.stats();
+        all
     }
 
     /// Subscribe the open WebSocket `id` to `topic`; false if it already was (or is not an open
@@ -156,6 +195,8 @@ impl<C> Ctx<C> {
             dirty: &mut self.dirty,
         };
         let out = self.registry.publish(topic, frame, &mut sink);
+        self.counts.messages_out += out.delivered as u64;
+        self.counts.bytes_out += (out.delivered * frame.bytes.len()) as u64;
         for key in out.to_close {
             // A slow consumer: the close goes behind its backlog; if it never reads, the close
             // timeout drops it.
@@ -279,9 +320,12 @@ impl<C> Ctx<C> {
             return SendStatus::Dropped;
         }
         let backlog = tx.in_flight;
+        let before = tx.buffered;
         if !push(ws, tx) {
             return SendStatus::Dropped;
         }
+        self.counts.messages_out += 1;
+        self.counts.bytes_out += (tx.buffered - before) as u64;
         let status = if backlog {
             tx.wants_drain = true;
             SendStatus::Queued

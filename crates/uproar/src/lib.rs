@@ -40,6 +40,7 @@ mod error;
 mod ring;
 mod server;
 mod slab;
+mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod timer;
@@ -54,5 +55,6 @@ pub use config::{BackpressurePolicy, Config};
 pub use ctx::Ctx;
 pub use error::Error;
 pub use server::{Builder, Handle, Publisher, Server};
+pub use stats::{Rejection, WorkerStats};
 pub use uproar_pubsub::Counters as PubSubCounters;
 pub use uproar_wire::{CloseCode, DataKind, Initiator};

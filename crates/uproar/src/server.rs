@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     open: AtomicUsize,
     /// Per worker, messages published elsewhere for its subscribers.
     pub(crate) inboxes: Vec<Mutex<Vec<Remote>>>,
+    /// Per worker, its counters as of its last loop turn.
+    pub(crate) published_stats: Vec<crate::stats::Published>,
 }
 
 /// A publish from another worker (or a [`Publisher`]): the topic and the frame, shared.
@@ -63,6 +65,11 @@ impl Shared {
         if was_empty {
             sys::eventfd_signal(self.wakers[worker].as_raw_fd());
         }
+    }
+
+    /// Every worker's counters as of its last loop turn.
+    pub(crate) fn stats(&self) -> Vec<crate::stats::WorkerStats> {
+        self.published_stats.iter().map(|p| p.load()).collect()
     }
 
     /// Take everything in `worker`'s inbox.
@@ -173,6 +180,7 @@ impl Builder {
             stop: AtomicBool::new(false),
             grace_nanos: AtomicU64::new(0),
             inboxes: (0..cfg.threads).map(|_| Mutex::new(Vec::new())).collect(),
+            published_stats: (0..cfg.threads).map(|_| Default::default()).collect(),
             wakers,
             open: AtomicUsize::new(0),
         });
@@ -348,6 +356,11 @@ impl Handle {
         Publisher {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Every worker's counters, as of its last loop turn.
+    pub fn stats(&self) -> Vec<crate::stats::WorkerStats> {
+        self.shared.stats()
     }
 }
 

@@ -114,6 +114,7 @@ impl<H: Handler> Worker<H> {
             }
             self.rearm_recvs();
             self.flush();
+            self.shared.published_stats[self.ctx.worker].store(&self.ctx.stats());
             // The ownership rule of design/0004: no receive buffer outlives its turn.
             debug_assert_eq!(
                 self.ring.buffers_held(),
@@ -173,9 +174,11 @@ impl<H: Handler> Worker<H> {
             } else if !self.shared.acquire_conn() {
                 // Over max_connections: a clear answer, then close; no slot is spent.
                 let _ = sys::send_now(fd, OVERLOADED);
+                self.ctx.counts.reject(503);
                 sys::close(fd);
                 tracing::debug!("connection refused: max_connections reached");
             } else {
+                self.ctx.counts.accepted += 1;
                 let deadline = self.ctx.deadline_in(self.ctx.cfg.handshake_timeout);
                 let key = self.ctx.conns.insert(Conn {
                     fd,
@@ -291,6 +294,12 @@ impl<H: Handler> Worker<H> {
         if self.ctx.now >= self.next_trim {
             // Give back slab memory after a burst of connections, at most once a second.
             self.ctx.conns.trim();
+            let keys: Vec<Key> = self.ctx.conns.keys().collect();
+            self.ctx.buffered_gauge = keys
+                .iter()
+                .filter_map(|k| self.ctx.conns.get(k.0, k.1)?.tx.as_ref())
+                .map(|t| t.buffered as u64)
+                .sum();
             self.next_trim = self.ctx.now + Duration::from_secs(1);
         }
         self.expired.clear();
@@ -308,6 +317,7 @@ impl<H: Handler> Worker<H> {
             let due = tick >= conn.deadline;
             match &mut conn.state {
                 State::Http(_) if due => {
+                    self.ctx.counts.reject(408);
                     http_fail(&mut self.ctx, key, 408, "request timeout\n");
                 }
                 State::Ws(ws) => ws.proto.handle_timeout(now),
@@ -476,11 +486,15 @@ fn ws_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, buf: 
         };
         match ev {
             RawEvent::Message(kind, Payload::Buf(r)) => {
+                ctx.counts.messages_in += 1;
+                ctx.counts.bytes_in += r.len() as u64;
                 let msg = Message::new(kind, &buf[r]);
                 handler.on_message(&mut WebSocket { ctx, id }, msg);
             }
             RawEvent::Message(kind, Payload::Assembly) => {
                 let whole = ws.proto.take_assembly();
+                ctx.counts.messages_in += 1;
+                ctx.counts.bytes_in += whole.len() as u64;
                 handler.on_message(&mut WebSocket { ctx, id }, Message::new(kind, &whole));
                 if let Some(conn) = ctx.conns.get_mut(key.0, key.1)
                     && let State::Ws(ws) = &mut conn.state
@@ -617,6 +631,7 @@ fn upgrade<H: Handler>(
     let (user, protocol) = match decision {
         Upgrade::Accept { conn, protocol } => (conn, protocol),
         Upgrade::Reject { status, reason } => {
+            ctx.counts.reject(status);
             return http_fail(ctx, key, status, &format!("{reason}\n"));
         }
     };
@@ -646,6 +661,8 @@ fn upgrade<H: Handler>(
         user,
         peer_reason: None,
     });
+    ctx.counts.upgrades += 1;
+    ctx.websockets += 1;
     let id = id_of(key);
     handler.on_open(&mut WebSocket { ctx, id });
     if let Some(conn) = ctx.conns.get_mut(key.0, key.1)
@@ -660,6 +677,7 @@ fn upgrade<H: Handler>(
 
 /// A bad handshake: its status and reason, then close.
 fn handshake_fail<C>(ctx: &mut Ctx<C>, key: Key, e: HandshakeError) {
+    ctx.counts.reject(e.status());
     let mut out = Vec::new();
     e.write_response(&mut out);
     ctx.queue_raw(key, &out);
@@ -719,6 +737,7 @@ fn close_ws<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, abort
     };
     mark(&mut ctx.dirty, conn, key.0, key.1);
     ctx.registry.remove(key);
+    ctx.websockets -= 1;
     let Ws {
         proto,
         user,

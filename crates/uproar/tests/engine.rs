@@ -645,3 +645,57 @@ fn configuration_errors_say_what_to_fix() {
         "{e}"
     );
 }
+
+/// The counters match the traffic: upgrades, rejections by reason, messages and bytes each way.
+#[test]
+fn counters_match_the_traffic() {
+    let (server, _log) = start(builder().threads(2));
+    let addr = server.local_addr();
+    let mut a = Client::connect(addr, "/a");
+    let mut b = Client::connect(addr, "/b");
+    for c in [&mut a, &mut b] {
+        for i in 0..3 {
+            c.send_text(&format!("msg{i}"));
+            assert_eq!(c.recv(), Got::Text(format!("msg{i}")));
+        }
+    }
+    assert_eq!(
+        http(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .0,
+        400
+    );
+    let _ = Client::connect_with(addr, "/forbidden", &[]).unwrap_err();
+    let total = |s: &[uproar::WorkerStats]| {
+        let mut t = uproar::WorkerStats::default();
+        for w in s {
+            t.upgrades += w.upgrades;
+            t.messages_in += w.messages_in;
+            t.bytes_in += w.bytes_in;
+            t.messages_out += w.messages_out;
+            t.bytes_out += w.bytes_out;
+            t.websockets += w.websockets;
+            for i in 0..8 {
+                t.rejections[i] += w.rejections[i];
+            }
+        }
+        t
+    };
+    let ok = eventually(Duration::from_secs(5), || {
+        let t = total(&server.handle().stats());
+        t.upgrades == 2 && t.messages_in == 6 && t.rejections[0] == 1 && t.rejections[1] == 1
+    });
+    let t = total(&server.handle().stats());
+    assert!(ok, "{t:?}");
+    assert_eq!(t.bytes_in, 6 * 4);
+    assert_eq!(t.messages_out, 6);
+    assert_eq!(
+        t.bytes_out,
+        6 * (2 + 4),
+        "each echo is a 2-byte header and 4 bytes"
+    );
+    assert_eq!(t.websockets, 2);
+    assert_eq!(uproar::Rejection::ALL[0].label(), "bad_request");
+}
