@@ -290,7 +290,12 @@ pub fn run_example(name: &str, args: &[&str]) -> Example {
 
 /// Run a server binary on 127.0.0.1:0 (it must print `listening on ADDR` first).
 pub fn run_binary(path: &std::path::Path, args: &[&str]) -> Example {
-    let mut child = Command::new(path)
+    run_command(Command::new(path), args)
+}
+
+/// [`run_binary`] with a command prepared by the caller (environment, say).
+pub fn run_command(mut cmd: Command, args: &[&str]) -> Example {
+    let mut child = cmd
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .stdin(Stdio::piped())
@@ -318,6 +323,14 @@ impl Example {
     /// Shut down gracefully and check the process exits 0.
     pub fn stop(mut self) {
         drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+
+    /// Send SIGTERM and check the process exits 0.
+    pub fn stop_with_sigterm(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         assert!(status.success(), "exit status {status}");
     }

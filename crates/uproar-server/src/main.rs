@@ -1,0 +1,192 @@
+//! `uproar`: the broadcast server. Clients subscribe to topics over WebSocket and publish to
+//! them; backends publish over HTTP. See `uproar --help` and the README.
+
+mod app;
+mod metrics;
+mod units;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use uproar::{BackpressurePolicy, Server};
+
+use app::{App, Settings};
+use units::{parse_duration, parse_size};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The demo page served at `GET /`.
+pub(crate) const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// A WebSocket broadcast server on io_uring.
+///
+/// Routes: ws://HOST/ws/{topic} subscribes to the topic and publishes what the client sends
+/// (?mode=sub receive-only, ?mode=pub publish-only); ws://HOST/echo echoes;
+/// POST /publish/{topic} publishes the body (text/* as text, else binary); GET /healthz;
+/// GET /metrics (Prometheus); GET / (a demo page). Every flag can also be set with the
+/// environment variable named beside it. Sizes take B, KiB, MiB or GiB; durations ms, s, m
+/// or h.
+#[derive(Debug, Parser)]
+#[command(name = "uproar", version, about, long_about = None)]
+struct Args {
+    /// Address to listen on. Default loopback only: exposing a server is a decision; pass
+    /// 0.0.0.0:9001 to accept from the network.
+    #[arg(long, env = "UPROAR_LISTEN", default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+
+    /// Worker threads, one io_uring each. Default: one per CPU this process may use
+    /// (thread-per-core is the design).
+    #[arg(long, env = "UPROAR_THREADS")]
+    threads: Option<usize>,
+
+    /// Largest message accepted, else close 1009. Default 16MiB: the largest message in the
+    /// Autobahn suite; a fragmented message is held whole.
+    #[arg(long, env = "UPROAR_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    max_message_size: u64,
+
+    /// Largest frame accepted, else close 1009. Default 16MiB: one header cannot announce
+    /// more than we would hold.
+    #[arg(long, env = "UPROAR_MAX_FRAME_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    max_frame_size: u64,
+
+    /// Largest HTTP request head, else 431. Default 8KiB: nginx's default; bounds what a
+    /// connection can make us hold before it is a WebSocket.
+    #[arg(long, env = "UPROAR_MAX_HEADER_BYTES", default_value = "8KiB", value_parser = parse_size)]
+    max_header_bytes: u64,
+
+    /// Largest POST /publish body, else 413. Default 1MiB: a published message is held whole.
+    #[arg(long, env = "UPROAR_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    max_body_bytes: u64,
+
+    /// Time to send a complete request head (and keep-alive idle time), else 408. Default
+    /// 10s: generous for real clients, short enough that slow-loris connections do not pile up.
+    #[arg(long, env = "UPROAR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// Ping a WebSocket silent this long; close it after as long again. 0 disables. Default
+    /// 120s: under common proxy idle cut-offs once the ping is counted.
+    #[arg(long, env = "UPROAR_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Wait this long for the peer's close frame (and FIN) after ours. Default 5s: enough for
+    /// a loaded peer, short enough that dead peers do not pile up.
+    #[arg(long, env = "UPROAR_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    close_timeout: Duration,
+
+    /// Most open connections; more are answered 503. Default 10000: fits common `ulimit -n`
+    /// hard limits; raise it with the limit.
+    #[arg(long, env = "UPROAR_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// What happens to a subscriber whose backlog passes --max-backpressure: close it with
+    /// 1008 "slow consumer" (default: it gets a clear answer instead of silent gaps), or drop
+    /// messages for it and count them.
+    #[arg(long, env = "UPROAR_BACKPRESSURE_POLICY", value_enum, default_value_t = Policy::Close)]
+    backpressure_policy: Policy,
+
+    /// Most bytes queued for one client before the backpressure policy applies. Default
+    /// 1MiB: a burst fits; a stalled reader costs at most this plus one message.
+    #[arg(long, env = "UPROAR_MAX_BACKPRESSURE", default_value = "1MiB", value_parser = parse_size)]
+    max_backpressure: u64,
+
+    /// Comma-separated Origins allowed to open WebSockets (e.g. https://example.com).
+    /// Default: any, for a development server; set it for browsers on the open web.
+    #[arg(long, env = "UPROAR_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+
+    /// Bearer token POST /publish requires. Default: none (anyone who can reach the port may
+    /// publish); set it whenever the port is reachable by others.
+    #[arg(long, env = "UPROAR_PUBLISH_TOKEN")]
+    publish_token: Option<String>,
+
+    /// Whether WebSocket clients may publish to their topic. Default true (chat-like use);
+    /// false makes every /ws/{topic} receive-only and refuses ?mode=pub.
+    #[arg(long, env = "UPROAR_CLIENTS_CAN_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
+    clients_can_publish: bool,
+
+    /// Time given to clients to finish the close handshake on SIGTERM/SIGINT. Default 5s.
+    #[arg(long, env = "UPROAR_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Policy {
+    Close,
+    Drop,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let settings = Arc::new(Settings {
+        allowed_origins: args.allowed_origins.clone(),
+        publish_token: args.publish_token.clone(),
+        clients_can_publish: args.clients_can_publish,
+    });
+    let mut b = Server::builder()
+        .listen(args.listen)
+        .max_message_size(args.max_message_size)
+        .max_frame_size(args.max_frame_size)
+        .max_header_bytes(args.max_header_bytes as usize)
+        .max_body_bytes(args.max_body_bytes as usize)
+        .handshake_timeout(args.handshake_timeout)
+        .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout))
+        .close_timeout(args.close_timeout)
+        .max_connections(args.max_connections)
+        .max_buffered_bytes(args.max_backpressure as usize)
+        .backpressure(match args.backpressure_policy {
+            Policy::Close => BackpressurePolicy::Close,
+            Policy::Drop => BackpressurePolicy::Drop,
+        });
+    if let Some(t) = args.threads {
+        b = b.threads(t);
+    }
+    let server = match b.start(move |_| App {
+        settings: settings.clone(),
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("uproar: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("listening on {}", server.local_addr());
+    tracing::info!(addr = %server.local_addr(), "uproar is listening; open http://{}/ for the demo", server.local_addr());
+    let handle = server.handle();
+    let grace = args.shutdown_grace;
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("uproar: cannot install signal handlers: {e}");
+            std::process::exit(1);
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(
+                signal = sig,
+                ?grace,
+                "shutting down: closing every connection with 1001"
+            );
+            handle.shutdown(grace);
+        }
+    });
+    if let Err(e) = server.join() {
+        eprintln!("uproar: {e}");
+        std::process::exit(1);
+    }
+    tracing::info!("stopped");
+}

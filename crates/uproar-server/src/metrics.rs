@@ -1,0 +1,115 @@
+//! `GET /metrics` in the Prometheus text format (version 0.0.4), one series per worker.
+
+use std::fmt::Write as _;
+
+use uproar::{Rejection, WorkerStats};
+
+type Field = fn(&WorkerStats) -> u64;
+
+/// (name, type, help, value) of every series but the rejections.
+const SERIES: [(&str, &str, &str, Field); 13] = [
+    (
+        "uproar_connections",
+        "gauge",
+        "Open connections (HTTP and WebSocket).",
+        |s| s.connections,
+    ),
+    (
+        "uproar_websockets",
+        "gauge",
+        "Open WebSocket connections.",
+        |s| s.websockets,
+    ),
+    (
+        "uproar_buffered_bytes",
+        "gauge",
+        "Bytes queued for clients, not yet taken by their sockets (sampled once a second).",
+        |s| s.buffered_bytes,
+    ),
+    (
+        "uproar_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |s| s.accepted,
+    ),
+    (
+        "uproar_upgrades_total",
+        "counter",
+        "WebSocket upgrades completed.",
+        |s| s.upgrades,
+    ),
+    (
+        "uproar_messages_in_total",
+        "counter",
+        "Messages received from clients.",
+        |s| s.messages_in,
+    ),
+    (
+        "uproar_bytes_in_total",
+        "counter",
+        "Payload bytes received from clients.",
+        |s| s.bytes_in,
+    ),
+    (
+        "uproar_messages_out_total",
+        "counter",
+        "Messages queued to clients (replies and fan-out deliveries).",
+        |s| s.messages_out,
+    ),
+    (
+        "uproar_bytes_out_total",
+        "counter",
+        "Frame bytes queued to clients.",
+        |s| s.bytes_out,
+    ),
+    (
+        "uproar_published_total",
+        "counter",
+        "Messages fanned out by this worker (published here or received from other workers).",
+        |s| s.published,
+    ),
+    (
+        "uproar_deliveries_total",
+        "counter",
+        "Fan-out deliveries to subscribers.",
+        |s| s.deliveries,
+    ),
+    (
+        "uproar_drops_total",
+        "counter",
+        "Messages dropped for subscribers over the backlog limit (drop policy).",
+        |s| s.drops,
+    ),
+    (
+        "uproar_slow_consumer_closes_total",
+        "counter",
+        "Subscribers closed as slow consumers (close policy).",
+        |s| s.slow_closes,
+    ),
+];
+
+pub(crate) fn render(workers: &[WorkerStats]) -> String {
+    let mut out = String::new();
+    for (name, kind, help, field) in SERIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (w, s) in workers.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", field(s));
+        }
+    }
+    let name = "uproar_rejections_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests that did not become WebSockets, by reason.\n# TYPE {name} counter"
+    );
+    for (w, s) in workers.iter().enumerate() {
+        for (i, r) in Rejection::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{worker=\"{w}\",reason=\"{}\"}} {}",
+                r.label(),
+                s.rejections[i]
+            );
+        }
+    }
+    out
+}
