@@ -1,0 +1,52 @@
+//! The demo page in headless Chromium (Debian's `chromium`, installed by `.ci/run`), driven by
+//! `tests/browser/demo_page.py` over the DevTools protocol. Without chromium or Python's
+//! `websockets` the test is skipped with a message, unless UPROAR_REQUIRE_CLIENTS=1 (as in
+//! CI), which makes that a failure.
+
+use std::path::Path;
+use std::process::Command;
+
+use uproar_testkit::*;
+
+#[test]
+fn demo_page_in_headless_chromium() {
+    let required = std::env::var_os("UPROAR_REQUIRE_CLIENTS").is_some_and(|v| v == "1");
+    let have = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("chromium", &["--version"]) || !have("python3", &["-c", "import websockets"]) {
+        assert!(
+            !required,
+            "chromium or python3 websockets missing, and UPROAR_REQUIRE_CLIENTS=1"
+        );
+        eprintln!("skipped: needs chromium and python3 with websockets");
+        return;
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uproar"));
+    cmd.env("RUST_LOG", "warn")
+        .env("UPROAR_SHUTDOWN_GRACE", "300ms");
+    let ex = run_command(cmd, &["--threads", "2"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/demo_page.py");
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo_page.png");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(ex.addr.to_string())
+        .arg(&shot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "a screenshot was taken"
+    );
+    ex.stop_with_sigterm();
+}
