@@ -17,7 +17,7 @@ port=9201
 
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p uproar-loadtest -p uproar-peers
-cargo build --release -q -p uproar --example echo
+cargo build --release -q -p uproar-server
 bin=target/release
 
 # Arguments of each scenario (the URL's path is added per server).
@@ -46,10 +46,11 @@ start_server() {
         tungstenite) taskset -c 0 "$bin/peer-tungstenite" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         fastwebsockets) taskset -c 0 "$bin/peer-fastwebsockets" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         uring) taskset -c 0 "$bin/peer-uring-echo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
-        # The engine's echo example (one worker: the affinity mask holds CPU 0 only). For the
-        # idle-memory scenario mimalloc's transparent huge pages are turned off, so RSS grows
-        # by 4 KiB pages rather than 2 MiB ones (the peers' glibc malloc asks for none).
-        uproar) env ${thp_off:+MIMALLOC_ALLOW_THP=0} taskset -c 0 "$bin/examples/echo" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        # The uproar server (one worker: the affinity mask holds CPU 0 only; /echo and
+        # /ws/{topic}). For the idle-memory scenario mimalloc's transparent huge pages are turned
+        # off, so RSS grows by 4 KiB pages rather than 2 MiB ones (the peers' glibc malloc asks
+        # for none).
+        uproar) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
     esac
     server_pid=$!
@@ -83,10 +84,6 @@ for r in $(seq 1 "$rounds"); do
             if [ "$sv" = uring ]; then
                 # A raw TCP echo has no WebSocket: only echo scenarios, with --raw-tcp.
                 case "$sc" in echo*) extra="--raw-tcp" ;; *) continue ;; esac
-            fi
-            # uproar's broadcast server (/ws/{topic}) is not built yet: echo and idle only.
-            if [ "$sv" = uproar ]; then
-                case "$sc" in bcast*) continue ;; esac
             fi
             timing="--duration ${secs}s --warmup 1s"
             case "$sc" in idle*) timing="" ;; esac

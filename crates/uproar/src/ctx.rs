@@ -198,15 +198,9 @@ impl<C> Ctx<C> {
         self.counts.messages_out += out.delivered as u64;
         self.counts.bytes_out += (out.delivered * frame.bytes.len()) as u64;
         for key in out.to_close {
-            // A slow consumer: the close goes behind its backlog; if it never reads, the close
-            // timeout drops it.
             self.registry.remove(key);
-            if let Some(conn) = self.conns.get_mut(key.0, key.1)
-                && let State::Ws(ws) = &mut conn.state
-            {
-                let _ = ws
-                    .proto
-                    .queue_close(CloseCode::POLICY_VIOLATION, "slow consumer");
+            if let Some(conn) = self.conns.get_mut(key.0, key.1) {
+                close_slow(conn);
                 mark(&mut self.dirty, conn, key.0, key.1);
             }
         }
@@ -312,9 +306,7 @@ impl<C> Ctx<C> {
         // plus one message.
         if tx.buffered > max {
             if policy == BackpressurePolicy::Close {
-                let _ = ws
-                    .proto
-                    .queue_close(CloseCode::POLICY_VIOLATION, "slow consumer");
+                close_slow(conn);
             }
             mark(&mut self.dirty, conn, id.index, id.generation);
             return SendStatus::Dropped;
@@ -386,6 +378,22 @@ impl<C> Ctx<C> {
     /// The wheel tick `timeout` from now.
     pub(crate) fn deadline_in(&self, timeout: std::time::Duration) -> u32 {
         self.wheel.tick_of(self.now + timeout)
+    }
+}
+
+/// Close a slow consumer with 1008. Its unsent backlog is dropped first, so the close frame is
+/// next after what the kernel already holds (a client that reads again learns why); if it never
+/// reads again, the close timeout drops the connection.
+fn close_slow<C>(conn: &mut Conn<C>) {
+    if let State::Ws(ws) = &mut conn.state
+        && ws.proto.can_send()
+    {
+        if let Some(tx) = &mut conn.tx {
+            tx.discard_queued();
+        }
+        let _ = ws
+            .proto
+            .queue_close(CloseCode::POLICY_VIOLATION, "slow consumer");
     }
 }
 

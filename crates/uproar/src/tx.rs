@@ -57,6 +57,15 @@ impl Tx {
         }
     }
 
+    /// Drop everything not yet handed to the kernel (a slow consumer being closed: its close
+    /// frame should not wait behind the backlog it is being closed for).
+    pub(crate) fn discard_queued(&mut self) {
+        let queued: usize = self.queue.iter().map(|c| c.len()).sum::<usize>() + self.staging.len();
+        self.buffered -= queued;
+        self.queue.clear();
+        self.staging.clear();
+    }
+
     /// Whether there is something to hand to the kernel now.
     pub(crate) fn ready(&self) -> bool {
         !self.in_flight && (!self.queue.is_empty() || !self.staging.is_empty())
@@ -131,6 +140,24 @@ mod tests {
             assert_eq!(tx.buffered, 0);
             assert!(tx.is_idle());
         }
+    }
+
+    /// Discarding keeps what is in flight (the kernel holds it) and drops the rest.
+    #[test]
+    fn discard_keeps_only_what_is_in_flight() {
+        let mut tx = Tx::default();
+        tx.push_copy(b"in", b"flight");
+        let mut batch = Vec::new();
+        tx.take_batch(&mut batch);
+        tx.push_shared(Bytes::from_static(b"queued"));
+        tx.push_copy(b"staged", b"");
+        tx.discard_queued();
+        assert_eq!(tx.buffered, 8, "only the in-flight bytes remain counted");
+        tx.push_copy(b"close", b"");
+        tx.complete(&mut batch, 8);
+        let mut rest = Vec::new();
+        tx.take_batch(&mut rest);
+        assert_eq!(rest.concat(), b"close");
     }
 
     #[test]
