@@ -31,6 +31,11 @@ pub(crate) struct Shared {
     pub(crate) published_stats: Vec<crate::stats::Published>,
 }
 
+/// Most messages waiting in one worker's inbox; why 65,536: a worker drains its whole inbox
+/// every loop turn, so a full inbox means it is far behind, and this bounds what a publisher
+/// can make it hold (65,536 shared frames).
+pub(crate) const MAX_INBOX: usize = 1 << 16;
+
 /// A publish from another worker (or a [`Publisher`]): the topic and the frame, shared.
 #[derive(Debug, Clone)]
 pub(crate) struct Remote {
@@ -53,18 +58,27 @@ impl Shared {
     }
 
     /// Hand `remote` to `worker`'s inbox, waking it if the inbox was empty (a non-empty inbox
-    /// has a wake-up pending already). Order per sender is kept: the inbox is FIFO.
-    pub(crate) fn post(&self, worker: usize, remote: Remote) {
+    /// has a wake-up pending already). Order per sender is kept: the inbox is FIFO. Refused
+    /// (false) once the server is stopping, or when the inbox already holds [`MAX_INBOX`]
+    /// messages (that worker is not keeping up; memory stays bounded).
+    pub(crate) fn post(&self, worker: usize, remote: Remote) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
         let was_empty = {
             let mut q = self.inboxes[worker]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            if q.len() >= MAX_INBOX {
+                return false;
+            }
             q.push(remote);
             q.len() == 1
         };
         if was_empty {
             sys::eventfd_signal(self.wakers[worker].as_raw_fd());
         }
+        true
     }
 
     /// Every worker's counters as of its last loop turn.
@@ -373,19 +387,22 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publish a whole message to `topic`.
-    pub fn publish(&self, topic: &str, kind: DataKind, payload: &[u8]) {
-        self.publish_frame(topic, &Frame::new(kind, payload));
+    /// Publish a whole message to `topic`. Returns false if some worker refused it: the
+    /// server is stopping, or that worker's inbox is full (it is far behind).
+    pub fn publish(&self, topic: &str, kind: DataKind, payload: &[u8]) -> bool {
+        self.publish_frame(topic, &Frame::new(kind, payload))
     }
 
-    /// Publish a frame already encoded.
-    pub fn publish_frame(&self, topic: &str, frame: &Frame) {
+    /// Publish a frame already encoded (see [`publish`](Self::publish)).
+    pub fn publish_frame(&self, topic: &str, frame: &Frame) -> bool {
         let remote = Remote {
             topic: topic.into(),
             frame: frame.clone(),
         };
+        let mut all = true;
         for w in 0..self.shared.inboxes.len() {
-            self.shared.post(w, remote.clone());
+            all &= self.shared.post(w, remote.clone());
         }
+        all
     }
 }

@@ -142,7 +142,7 @@ fn every_subscriber_on_every_worker_gets_every_message_once_in_order() {
     let publisher = server.publisher();
     let handle_sender = std::thread::spawn(move || {
         for seq in 0..N {
-            publisher.publish("news", DataKind::Text, format!("handle-{seq}").as_bytes());
+            assert!(publisher.publish("news", DataKind::Text, format!("handle-{seq}").as_bytes()));
         }
     });
     let readers: Vec<_> = subs
@@ -253,4 +253,15 @@ fn slow_consumers_are_closed_or_dropped_and_fast_ones_lose_nothing() {
             }
         }
     }
+}
+
+/// A `Publisher` after shutdown is refused (nothing piles up in inboxes no worker drains).
+#[test]
+fn a_publisher_is_refused_after_shutdown() {
+    let server = builder().threads(2).start(|_| Topics).unwrap();
+    let publisher = server.publisher();
+    assert!(publisher.publish("t", DataKind::Text, b"before"));
+    server.handle().shutdown(Duration::ZERO);
+    server.join().unwrap();
+    assert!(!publisher.publish("t", DataKind::Text, b"after"));
 }
