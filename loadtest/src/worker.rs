@@ -17,6 +17,11 @@ use crate::run::{Phase, Shared};
 use crate::stats::{Arrival, SeqTracker, ThreadStats};
 use crate::target::Target;
 
+/// Most bytes one connection may have written but not yet taken by its socket (open loop
+/// against a server that stops reading); past it the connection fails with a clear error. Why
+/// 64 MiB: far above any healthy backlog, low enough that a run cannot eat the machine.
+const MAX_UNSENT: usize = 64 << 20;
+
 /// What a connection does in the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -288,6 +293,8 @@ impl Worker {
             let _ = self.poll.registry().deregister(&mut s);
         }
         c.phase = CPhase::Done;
+        c.out = Vec::new();
+        c.out_pos = 0;
         self.shared.first_error(&msg);
         self.stats.error(msg);
     }
@@ -428,6 +435,14 @@ impl Worker {
         } else if c.out_pos > (1 << 20) {
             c.out.drain(..c.out_pos);
             c.out_pos = 0;
+        }
+        let unsent = c.out.len() - c.out_pos;
+        if unsent > MAX_UNSENT {
+            let msg = format!(
+                "the server stopped reading: {} MiB unsent on one connection",
+                unsent >> 20
+            );
+            self.fail(i, msg);
         }
     }
 

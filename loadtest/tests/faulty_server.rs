@@ -26,6 +26,8 @@ enum Fault {
     Close,
     /// Answer the upgrade with 403.
     Refuse,
+    /// Upgrade, then never read again (hold the socket for 5 s).
+    Stall,
 }
 
 type Subscribers = Arc<Mutex<Vec<(usize, Arc<Mutex<TcpStream>>)>>>;
@@ -83,6 +85,10 @@ fn connection(id: usize, mut s: TcpStream, fault: Fault, subs: Subscribers) {
                     }
                 }
                 s.write_all(&out).unwrap();
+                if fault == Fault::Stall {
+                    std::thread::sleep(Duration::from_secs(5));
+                    return;
+                }
                 break (req.target().to_owned(), buf[req.head_len()..have].to_vec());
             }
             Err(e) => {
@@ -301,6 +307,31 @@ fn a_close_mid_run_is_reported_with_its_code() {
     assert_eq!(r.close_codes.get(&1011), Some(&4), "{}", r.text());
     assert!(
         r.error_samples.iter().any(|e| e.contains("1011")),
+        "{:?}",
+        r.error_samples
+    );
+}
+
+/// A server that stops reading: the open-loop sender's unsent bytes are capped, and the run
+/// fails with an error that says so instead of growing without bound.
+#[test]
+fn a_server_that_stops_reading_fails_the_run_with_bounded_memory() {
+    let addr = serve(Fault::Stall);
+    let mut cfg = echo_cfg(addr, Load::Rate(2000.0));
+    cfg.scenario = Scenario::Echo {
+        connections: 1,
+        size: 64 << 10,
+        binary: true,
+        load: Load::Rate(2000.0),
+        raw_tcp: false,
+    };
+    cfg.duration = Duration::from_millis(1500);
+    let r = run(&cfg).unwrap();
+    assert!(r.failed(), "{}", r.text());
+    assert!(
+        r.error_samples
+            .iter()
+            .any(|e| e.contains("stopped reading")),
         "{:?}",
         r.error_samples
     );
