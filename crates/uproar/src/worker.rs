@@ -35,6 +35,8 @@ pub(crate) struct Worker<H: Handler> {
     expired: Vec<(Key, u32)>,
     rearm: Vec<Key>,
     next_trim: Instant,
+    /// The 503 answer to connections over `max_connections`, built once.
+    overloaded: Vec<u8>,
 }
 
 /// How long to pause accepting after running out of descriptors or memory; why 100 ms: long
@@ -71,6 +73,7 @@ impl<H: Handler> Worker<H> {
             expired: Vec::new(),
             rearm: Vec::new(),
             next_trim: Instant::now(),
+            overloaded: overloaded_response(),
         })
     }
 
@@ -173,7 +176,7 @@ impl<H: Handler> Worker<H> {
                 sys::close(fd);
             } else if !self.shared.acquire_conn() {
                 // Over max_connections: a clear answer, then close; no slot is spent.
-                let _ = sys::send_now(fd, OVERLOADED);
+                let _ = sys::send_now(fd, &self.overloaded);
                 self.ctx.counts.reject(503);
                 sys::close(fd);
                 tracing::debug!("connection refused: max_connections reached");
@@ -446,8 +449,11 @@ impl<H: Handler> Worker<H> {
 }
 
 /// The 503 sent to connections over `max_connections`.
-const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
-Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\ntoo many connections, sorry";
+fn overloaded_response() -> Vec<u8> {
+    let mut out = Vec::new();
+    handshake::write_response(&mut out, 503, &[], b"too many connections, sorry\n");
+    out
+}
 
 fn on_data<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, key: Key, buf: &mut [u8]) {
     let Some(conn) = ctx.conns.get_mut(key.0, key.1) else {
