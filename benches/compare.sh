@@ -3,14 +3,14 @@
 # interleaved (order rotated each round) and repeated, medians and ranges in a table.
 #
 #   benches/compare.sh [ROUNDS] [SECONDS]        default 3 rounds of 5 s (+1 s warm-up) per run
-#   SERVERS="tungstenite fastwebsockets uring" SCENARIOS="echo20_c100_d1 ..." benches/compare.sh
+#   SERVERS="uproar tungstenite fastwebsockets sockudo uring" SCENARIOS="echo20_c100_d1 ..." benches/compare.sh
 #
 # Results: target/compare/<round>/<scenario>/<server>.json, table from benches/summarize.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 secs=${2:-5}
-servers=(${SERVERS:-uproar tungstenite fastwebsockets uring})
+servers=(${SERVERS:-uproar tungstenite fastwebsockets sockudo uring})
 scenarios=(${SCENARIOS:-echo20_c100_d1 echo20_c1000_d1 echo20_c100_d16 echo20_c1000_d16 echo16k_c100_d1 bcast20_s32 bcast20_s100 bcast20_s1000 idle10k})
 out=target/compare
 port=9201
@@ -45,6 +45,7 @@ start_server() {
     case "$1" in
         tungstenite) taskset -c 0 "$bin/peer-tungstenite" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         fastwebsockets) taskset -c 0 "$bin/peer-fastwebsockets" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
+        sockudo) taskset -c 0 "$bin/peer-sockudo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         uring) taskset -c 0 "$bin/peer-uring-echo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         # The uproar server (one worker: the affinity mask holds CPU 0 only; /echo and
         # /ws/{topic}). For the idle-memory scenario mimalloc's transparent huge pages are turned
