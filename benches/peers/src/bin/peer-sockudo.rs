@@ -35,12 +35,16 @@ async fn handshake(s: &mut TcpStream) -> Option<Route> {
         let Some((req, _)) = parsed else { continue };
         let Some(route) = Route::of(req.path.as_ref()) else {
             let _ = s
-                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
                 .await;
             return None;
         };
         let accept = generate_accept_key(req.key);
-        s.write_all(&build_response(&accept, None, None)).await.ok()?;
+        s.write_all(&build_response(&accept, None, None))
+            .await
+            .ok()?;
         return Some(route);
     }
 }
