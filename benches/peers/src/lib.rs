@@ -3,7 +3,58 @@
 //! one core. Routes follow uproar's server: `/echo` echoes; `/ws/{topic}` subscribes to the
 //! topic and publishes what the client sends (`?mode=pub`: publish only).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+/// A topic's subscribers: ids and the channels feeding their writer tasks.
+type Subscribers<M> = Vec<(u64, UnboundedSender<M>)>;
+
+/// The broadcast peers' topics, shared by the tasks of one current-thread runtime.
+#[derive(Debug)]
+pub struct Topics<M>(Rc<RefCell<HashMap<String, Subscribers<M>>>>);
+
+impl<M> Clone for Topics<M> {
+    fn clone(&self) -> Self {
+        Topics(self.0.clone())
+    }
+}
+
+impl<M> Default for Topics<M> {
+    fn default() -> Self {
+        Topics(Rc::default())
+    }
+}
+
+impl<M: Clone> Topics<M> {
+    /// Add subscriber `id` to `topic`.
+    pub fn subscribe(&self, topic: &str, id: u64, tx: UnboundedSender<M>) {
+        self.0
+            .borrow_mut()
+            .entry(topic.to_owned())
+            .or_default()
+            .push((id, tx));
+    }
+
+    /// Queue `msg` to every subscriber of `topic` (each gets a clone).
+    pub fn publish(&self, topic: &str, msg: &M) {
+        if let Some(subs) = self.0.borrow().get(topic) {
+            for (_, tx) in subs {
+                let _ = tx.send(msg.clone());
+            }
+        }
+    }
+
+    /// Remove subscriber `id` from `topic`.
+    pub fn unsubscribe(&self, topic: &str, id: u64) {
+        if let Some(subs) = self.0.borrow_mut().get_mut(topic) {
+            subs.retain(|(i, _)| *i != id);
+        }
+    }
+}
 
 /// Route of a request target.
 #[derive(Debug, Clone, PartialEq, Eq)]

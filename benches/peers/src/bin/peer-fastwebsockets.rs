@@ -3,10 +3,6 @@
 //! frame on its own, as fastwebsockets does; broadcast copies the payload per subscriber into
 //! its writer's channel (fastwebsockets frames own or borrow their payload, they cannot share).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
-
 use fastwebsockets::{
     FragmentCollector, FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocket,
 };
@@ -16,10 +12,10 @@ use tokio::sync::mpsc;
 use uproar_peers::{Route, serve_single_threaded};
 use uproar_wire::handshake::{Request, validate_upgrade, write_response};
 
-type Topics = Rc<RefCell<HashMap<String, Vec<(u64, mpsc::UnboundedSender<(OpCode, Vec<u8>)>)>>>>;
+type Topics = uproar_peers::Topics<(OpCode, Vec<u8>)>;
 
 fn main() {
-    let topics: Topics = Rc::default();
+    let topics = Topics::default();
     serve_single_threaded(move |s, id| serve(s, topics.clone(), id));
 }
 
@@ -82,11 +78,7 @@ async fn serve(mut s: TcpStream, topics: Topics, id: u64) {
             let mut rd = FragmentCollectorRead::new(rd);
             let (tx, mut rx) = mpsc::unbounded_channel::<(OpCode, Vec<u8>)>();
             if subscribe {
-                topics
-                    .borrow_mut()
-                    .entry(name.clone())
-                    .or_default()
-                    .push((id, tx));
+                topics.subscribe(&name, id, tx);
             }
             let writer = tokio::task::spawn_local(async move {
                 while let Some((op, data)) = rx.recv().await {
@@ -106,18 +98,13 @@ async fn serve(mut s: TcpStream, topics: Topics, id: u64) {
                 match frame.opcode {
                     OpCode::Close => break,
                     OpCode::Text | OpCode::Binary => {
-                        if let Some(subs) = topics.borrow().get(&name) {
-                            for (_, tx) in subs {
-                                let _ = tx.send((frame.opcode, frame.payload.to_vec()));
-                            }
-                        }
+                        // Cloned (copied) per subscriber, as before.
+                        topics.publish(&name, &(frame.opcode, frame.payload.to_vec()));
                     }
                     _ => {}
                 }
             }
-            if let Some(subs) = topics.borrow_mut().get_mut(&name) {
-                subs.retain(|(i, _)| *i != id);
-            }
+            topics.unsubscribe(&name, id);
             writer.abort();
         }
     }

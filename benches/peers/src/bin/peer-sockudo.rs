@@ -2,10 +2,6 @@
 //! subscriber fed by an unbounded channel (sockudo's `Message` shares its `Bytes` on clone).
 //! The handshake uses sockudo-ws's own request parser and response builder.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
-
 use bytes::BytesMut;
 use sockudo_ws::handshake::{build_response, generate_accept_key, parse_request};
 use sockudo_ws::protocol::Message;
@@ -15,10 +11,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use uproar_peers::{Route, serve_single_threaded};
 
-type Topics = Rc<RefCell<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>)>>>>;
+type Topics = uproar_peers::Topics<Message>;
 
 fn main() {
-    let topics: Topics = Rc::default();
+    let topics = Topics::default();
     serve_single_threaded(move |s, id| serve(s, topics.clone(), id));
 }
 
@@ -69,11 +65,7 @@ async fn serve(mut s: TcpStream, topics: Topics, id: u64) {
         Route::Topic { name, subscribe } => {
             let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
             if subscribe {
-                topics
-                    .borrow_mut()
-                    .entry(name.clone())
-                    .or_default()
-                    .push((id, tx));
+                topics.subscribe(&name, id, tx);
             }
             let writer = tokio::task::spawn_local(async move {
                 while let Some(m) = rx.recv().await {
@@ -83,17 +75,11 @@ async fn serve(mut s: TcpStream, topics: Topics, id: u64) {
                 }
             });
             while let Some(Ok(m)) = stream.next().await {
-                if is_data(&m)
-                    && let Some(subs) = topics.borrow().get(&name)
-                {
-                    for (_, tx) in subs {
-                        let _ = tx.send(m.clone());
-                    }
+                if is_data(&m) {
+                    topics.publish(&name, &m);
                 }
             }
-            if let Some(subs) = topics.borrow_mut().get_mut(&name) {
-                subs.retain(|(i, _)| *i != id);
-            }
+            topics.unsubscribe(&name, id);
             writer.abort();
         }
     }

@@ -2,7 +2,6 @@
 //! subscriber fed by an unbounded channel (tungstenite's `Message` shares its bytes on clone).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -12,10 +11,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use uproar_peers::{Route, serve_single_threaded};
 
-type Topics = Rc<RefCell<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>)>>>>;
+type Topics = uproar_peers::Topics<Message>;
 
 fn main() {
-    let topics: Topics = Rc::default();
+    let topics = Topics::default();
     serve_single_threaded(move |s, id| serve(s, topics.clone(), id));
 }
 
@@ -59,11 +58,7 @@ async fn serve(s: TcpStream, topics: Topics, id: u64) {
         Some(Route::Topic { name, subscribe }) => {
             let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
             if subscribe {
-                topics
-                    .borrow_mut()
-                    .entry(name.clone())
-                    .or_default()
-                    .push((id, tx));
+                topics.subscribe(&name, id, tx);
             }
             let writer = tokio::task::spawn_local(async move {
                 while let Some(m) = rx.recv().await {
@@ -73,17 +68,11 @@ async fn serve(s: TcpStream, topics: Topics, id: u64) {
                 }
             });
             while let Some(Ok(m)) = stream.next().await {
-                if (m.is_text() || m.is_binary())
-                    && let Some(subs) = topics.borrow().get(&name)
-                {
-                    for (_, tx) in subs {
-                        let _ = tx.send(m.clone());
-                    }
+                if m.is_text() || m.is_binary() {
+                    topics.publish(&name, &m);
                 }
             }
-            if let Some(subs) = topics.borrow_mut().get_mut(&name) {
-                subs.retain(|(i, _)| *i != id);
-            }
+            topics.unsubscribe(&name, id);
             writer.abort();
         }
         None => {}
