@@ -86,6 +86,14 @@ impl<T> Slab<T> {
         Some(value)
     }
 
+    /// Every occupied slot's value.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> + '_ {
+        self.slots.iter().filter_map(|s| match s {
+            Slot::Used { value, .. } => Some(value),
+            Slot::Free => None,
+        })
+    }
+
     /// (index, generation) of every occupied slot.
     pub(crate) fn keys(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.slots.iter().enumerate().filter_map(|(i, s)| match s {

@@ -297,10 +297,11 @@ impl<H: Handler> Worker<H> {
         if self.ctx.now >= self.next_trim {
             // Give back slab memory after a burst of connections, at most once a second.
             self.ctx.conns.trim();
-            let keys: Vec<Key> = self.ctx.conns.keys().collect();
-            self.ctx.buffered_gauge = keys
-                .iter()
-                .filter_map(|k| self.ctx.conns.get(k.0, k.1)?.tx.as_ref())
+            self.ctx.buffered_gauge = self
+                .ctx
+                .conns
+                .values()
+                .filter_map(|c| c.tx.as_ref())
                 .map(|t| t.buffered as u64)
                 .sum();
             self.next_trim = self.ctx.now + Duration::from_secs(1);

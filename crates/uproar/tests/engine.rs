@@ -472,18 +472,27 @@ fn a_peer_that_stops_reading_is_bounded_and_closed() {
 fn on_drain_fires_when_a_backlog_clears() {
     let (server, log) = start(builder().max_buffered_bytes(64 << 20));
     let mut c = Client::connect(server.local_addr(), "/slow");
+    // 4 MiB, more than the sockets hold: while the client does not read, that send stays in
+    // flight, so the next send must queue behind it.
     c.send_text("flood 64 65536");
-    let flood = wait_logged(&log, "flood", 1);
-    assert!(flood[0].contains("dropped=0"), "{flood:?}");
-    std::thread::sleep(Duration::from_millis(200));
-    for _ in 0..64 {
+    let first = wait_logged(&log, "flood", 1);
+    assert!(first[0].contains("sent=64 queued=0 dropped=0"), "{first:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    c.send_text("flood 1 65536");
+    let both = wait_logged(&log, "flood", 2);
+    assert!(both[1].contains("sent=0 queued=1 dropped=0"), "{both:?}");
+    assert!(
+        logged(&log, "drain").is_empty(),
+        "no drain while the backlog stands"
+    );
+    for _ in 0..65 {
         assert_eq!(c.recv(), Got::Binary(vec![7; 65536]));
     }
-    // Whether a send found the previous one still in flight depends on timing; when one did,
-    // the drain must be reported.
-    if !flood[0].contains("queued=0") {
-        wait_logged(&log, "drain", 1);
-    }
+    assert_eq!(
+        wait_logged(&log, "drain", 1).len(),
+        1,
+        "one drain when it clears"
+    );
 }
 
 /// Resets in the middle of a frame (and of a handshake) free everything.
