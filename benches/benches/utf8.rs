@@ -23,6 +23,17 @@ fn bench(c: &mut Criterion) {
             v.finish().unwrap();
         })
     });
+    // The floor of any validator that calls simdutf8's fast API once per fragment: the same
+    // calls with no carry logic at all (pieces cut mid-code-point fail, which costs the same).
+    g.bench_function("simdutf8_per_1000B_call_floor", |b| {
+        b.iter(|| {
+            let mut ok = 0usize;
+            for piece in black_box(bytes).chunks(1000) {
+                ok += usize::from(simdutf8::basic::from_utf8(piece).is_ok());
+            }
+            ok
+        })
+    });
     g.bench_function("simdutf8_whole_ceiling", |b| {
         b.iter(|| simdutf8::basic::from_utf8(black_box(bytes)).is_ok())
     });

@@ -492,3 +492,44 @@ fn slow_subscribers_are_reported_apart() {
     let ratio = r.deliveries_per_sec / r.messages_per_sec;
     assert!((3.5..4.5).contains(&ratio), "{}", r.text());
 }
+
+/// The live progress line: drawn on a terminal (here a pseudo-terminal from util-linux
+/// `script`), never when stderr is a pipe or with `--json`.
+#[test]
+fn progress_line_only_on_a_terminal() {
+    let addr = serve(Fault::None);
+    let bin = env!("CARGO_BIN_EXE_loadtest");
+    let args = format!(
+        "{bin} echo --url ws://{addr}/echo --connections 2 --size 32 --depth 1 \
+         --duration 1500ms --warmup 1200ms --threads 1"
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qfec", &args, "/dev/null"])
+        .output()
+        .expect("util-linux `script` runs the command on a pseudo-terminal");
+    assert!(tty.status.success(), "{tty:?}");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    for want in [
+        "\r\x1b[2K[",
+        "warm-up",
+        "running",
+        "open 2/2",
+        "received ",
+        "verification    lost 0",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing from {shown:?}");
+    }
+    for extra in [&[][..], &["--json"][..]] {
+        let piped = std::process::Command::new(bin)
+            .args(args.split_whitespace().skip(1))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(piped.status.success(), "{piped:?}");
+        let err = String::from_utf8_lossy(&piped.stderr);
+        assert!(
+            !err.contains("\x1b[2K"),
+            "{extra:?}: progress drawn on a pipe: {err:?}"
+        );
+    }
+}
