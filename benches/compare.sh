@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 secs=${2:-5}
 servers=(${SERVERS:-uproar tungstenite fastwebsockets sockudo uring})
-scenarios=(${SCENARIOS:-echo20_c100_d1 echo20_c1000_d1 echo20_c100_d16 echo20_c1000_d16 echo16k_c100_d1 bcast20_s32 bcast20_s100 bcast20_s1000 idle10k})
+scenarios=(${SCENARIOS:-echo20_c100_d1 echo20_c1000_d1 echo20_c100_d16 echo20_c1000_d16 echo20_c100_d16b echo20_c1000_d16b echo16k_c100_d1 bcast20_s32 bcast20_s100 bcast20_s1000 idle10k})
 out=target/compare
 port=9201
 
@@ -27,6 +27,10 @@ scenario_args() {
         echo20_c1000_d1) echo "echo --connections 1000 --size 20 --depth 1" ;;
         echo20_c100_d16) echo "echo --connections 100 --size 20 --depth 16" ;;
         echo20_c1000_d16) echo "echo --connections 1000 --size 20 --depth 16" ;;
+        # The same with a batching reader (one poll per 200 µs at most): replies are read and
+        # answered in batches, so the client stays well below the server's cost per message.
+        echo20_c100_d16b) echo "echo --connections 100 --size 20 --depth 16 --batch-window 200us" ;;
+        echo20_c1000_d16b) echo "echo --connections 1000 --size 20 --depth 16 --batch-window 200us" ;;
         echo16k_c100_d1) echo "echo --connections 100 --size 16384 --depth 1 --binary" ;;
         # Fixed publish rates that leave the load generator unsaturated.
         bcast20_s32) echo "broadcast --subscribers 32 --publishers 1 --rate 2000 --size 20" ;;

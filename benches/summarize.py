@@ -3,6 +3,8 @@
 rounds) of deliveries per server CPU-second, deliveries per second, p99 latency, and the
 CPU of both sides. `both sat.` marks runs where the server used a whole core and the load
 generator's busiest thread was above 90% too: read those per server CPU-second only.
+`client limit` marks runs where the load generator's busiest thread was above 90% and the
+server was not: the load generator set the pace (per server CPU-second still holds).
 
 Usage: benches/summarize.py target/compare
 """
@@ -54,7 +56,8 @@ for (sc, sv), js in sorted(runs.items()):
     ccpu = med([j.get("client_max_thread_cpu") for j in ok])
     sat = any((j.get("server_cpu") or 0) > 0.9 and j.get("client_max_thread_cpu", 0) > 0.9 for j in ok)
     verified = sum(1 for j in ok if j["lost"] + j["duplicated"] + j["reordered"] + j["corrupt"] + j["errors"] == 0)
-    note = " (both sat.)" if sat else ""
+    client_limit = not sat and any(j.get("client_max_thread_cpu", 0) > 0.9 for j in ok)
+    note = " (both sat.)" if sat else " (client limit)" if client_limit else ""
     print(f"| {sc} | {sv} | {fmt(*per)} | {fmt(*dps)} | {fmt(*p99)} | {fmt(*s_us, digits=2)} | {fmt(*c_us, digits=2)} | {fmt(*scpu, digits=2)} | "
           f"{fmt(*ccpu, digits=2)}{note} | {verified}/{len(js)} | {len(js)} |")
 for (sc, sv), js in sorted(runs.items()):

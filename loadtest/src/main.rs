@@ -44,6 +44,13 @@ enum Cmd {
         /// Closed loop: messages in flight per connection [default: 1].
         #[arg(long, conflicts_with = "rate")]
         depth: Option<u32>,
+        /// Closed loop only: a worker polls at most once per this window, so replies pile up
+        /// and are read and answered in batches, as a pipelining client's would [default: 0,
+        /// every reply is read as soon as it arrives]. On one shared machine an eager reader
+        /// pays a read and a write per reply against a server that writes each reply on its
+        /// own, and contends with it for the socket locks.
+        #[arg(long, conflicts_with = "rate", value_parser = parse_duration)]
+        batch_window: Option<Duration>,
         /// Open loop: messages per second in total; latency from the scheduled send time.
         #[arg(long)]
         rate: Option<f64>,
@@ -100,19 +107,20 @@ enum Cmd {
     },
 }
 
-/// `10s`, `500ms`, `2m`, `1.5s`; a bare number is seconds.
+/// `10s`, `500ms`, `200us`, `2m`, `1.5s`; a bare number is seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+    let (num, unit) = match s.find(|c: char| c.is_alphabetic()) {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
     let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
     let secs = match unit {
+        "us" | "µs" => v / 1e6,
         "ms" => v / 1000.0,
         "s" => v,
         "m" => v * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+        _ => return Err(format!("bad duration unit in {s:?} (us, ms, s, m)")),
     };
     if !(0.0..1e7).contains(&secs) {
         return Err(format!("duration out of range: {s:?}"));
@@ -131,6 +139,7 @@ fn main() -> ExitCode {
             connections,
             size,
             depth,
+            batch_window,
             rate,
             duration,
             warmup,
@@ -149,6 +158,7 @@ fn main() -> ExitCode {
                     binary,
                     load,
                     raw_tcp,
+                    batch_window: batch_window.unwrap_or_default(),
                 },
                 duration,
                 warmup,

@@ -98,6 +98,8 @@ pub enum Scenario {
         /// The server is a raw TCP echo (no WebSocket): skip the handshake and decode the
         /// reflected client frames. Measures the kernel's ceiling with the same traffic.
         raw_tcp: bool,
+        /// Closed loop: poll at most once per this window (zero: read every reply at once).
+        batch_window: Duration,
     },
     /// Publishers send to a topic; every subscriber checks every message.
     Broadcast {
@@ -313,6 +315,7 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
         connect_rate: None,
         publishers: 0,
         raw_tcp: false,
+        batch_window: Duration::ZERO,
     };
     let check_size = |size: usize| {
         if size < STAMP_LEN {
@@ -330,9 +333,19 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
             binary,
             load,
             raw_tcp,
+            batch_window,
         } => {
             params.size = check_size(*size)?;
             params.raw_tcp = *raw_tcp;
+            if !batch_window.is_zero() {
+                if !matches!(load, Load::Depth(_)) {
+                    return Err("--batch-window applies to the closed loop (--depth) only".into());
+                }
+                if *batch_window > Duration::from_millis(100) {
+                    return Err("--batch-window over 100ms would measure the client's sleep".into());
+                }
+                params.batch_window = *batch_window;
+            }
             params.opcode = if *binary {
                 OpCode::Binary
             } else {
@@ -345,7 +358,7 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
             let p = json!({"connections": connections, "size": size, "binary": binary,
                 "depth": params.depth, "rate": if params.depth.is_none() { Some(params.rate) } else { None },
                 "duration_secs": cfg.duration.as_secs_f64(), "warmup_secs": cfg.warmup.as_secs_f64(), "threads": cfg.threads, "url": cfg.url,
-                "raw_tcp": raw_tcp});
+                "raw_tcp": raw_tcp, "batch_window_secs": batch_window.as_secs_f64()});
             (vec![Role::Echo; *connections], params, "echo", p)
         }
         Scenario::Broadcast {

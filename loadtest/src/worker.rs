@@ -53,6 +53,8 @@ pub(crate) struct Params {
     /// Raw TCP echo (the kernel's ceiling): no handshake, and what comes back are our own
     /// masked frames, decoded in the server role.
     pub raw_tcp: bool,
+    /// Closed loop: poll at most once per this window, so replies are read in batches.
+    pub batch_window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +203,7 @@ impl Worker {
     pub(crate) fn run(mut self) -> ThreadStats {
         let mut events = Events::with_capacity(1024);
         let tid = crate::sys::gettid();
+        let mut last_poll = Instant::now();
         self.shared.tids.lock().expect("tids").push(tid);
         loop {
             let now = Instant::now();
@@ -218,6 +221,13 @@ impl Worker {
                 }
             }
             self.flush_all();
+            if !self.params.batch_window.is_zero() {
+                // Replies pile up in the sockets meanwhile; what is queued above is already out.
+                let left = self.params.batch_window.saturating_sub(last_poll.elapsed());
+                if !left.is_zero() {
+                    std::thread::sleep(left);
+                }
+            }
             let timeout = self.timeout(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
@@ -226,6 +236,7 @@ impl Worker {
                 break;
             }
             let now = Instant::now();
+            last_poll = now;
             for ev in events.iter() {
                 self.on_event(ev.token().0, now);
             }

@@ -199,6 +199,7 @@ fn echo_cfg(addr: SocketAddr, load: Load) -> RunConfig {
             binary: false,
             load,
             raw_tcp: false,
+            batch_window: Duration::ZERO,
         },
         duration: Duration::from_millis(800),
         warmup: Duration::from_millis(200),
@@ -324,6 +325,7 @@ fn a_server_that_stops_reading_fails_the_run_with_bounded_memory() {
         binary: true,
         load: Load::Rate(2000.0),
         raw_tcp: false,
+        batch_window: Duration::ZERO,
     };
     cfg.duration = Duration::from_millis(1500);
     let r = run(&cfg).unwrap();
@@ -457,6 +459,7 @@ fn raw_tcp_echo_mode() {
         binary: true,
         load: Load::Depth(4),
         raw_tcp: true,
+        batch_window: Duration::ZERO,
     };
     let r = run(&cfg).unwrap();
     assert!(!r.failed(), "{}", r.text());
@@ -532,4 +535,38 @@ fn progress_line_only_on_a_terminal() {
             "{extra:?}: progress drawn on a pipe: {err:?}"
         );
     }
+}
+
+/// `--batch-window`: replies wait for the next poll (so latency grows to the window's scale),
+/// nothing is lost or reordered, and an open-loop run refuses it.
+#[test]
+fn batch_window_reads_replies_in_batches() {
+    let addr = serve(Fault::None);
+    let mut cfg = echo_cfg(addr, Load::Depth(8));
+    let Scenario::Echo { batch_window, .. } = &mut cfg.scenario else {
+        unreachable!()
+    };
+    *batch_window = Duration::from_millis(20);
+    let r = run(&cfg).unwrap();
+    assert!(!r.failed(), "{}", r.text());
+    let p50 = r.to_json()["latency_us"]["p50"].as_f64().unwrap();
+    assert!(
+        p50 >= 5_000.0,
+        "replies read at once, p50 {p50} µs: {}",
+        r.text()
+    );
+    let eager = run(&echo_cfg(addr, Load::Depth(8))).unwrap();
+    let eager_p50 = eager.to_json()["latency_us"]["p50"].as_f64().unwrap();
+    assert!(
+        eager_p50 < p50 / 4.0,
+        "eager p50 {eager_p50} vs batched {p50}"
+    );
+
+    let mut open = echo_cfg(addr, Load::Rate(1000.0));
+    let Scenario::Echo { batch_window, .. } = &mut open.scenario else {
+        unreachable!()
+    };
+    *batch_window = Duration::from_millis(1);
+    let err = run(&open).unwrap_err();
+    assert!(err.contains("--batch-window"), "{err}");
 }
