@@ -48,7 +48,7 @@ enum Cmd {
         /// and are read and answered in batches, as a pipelining client's would [default: 0,
         /// every reply is read as soon as it arrives]. On one shared machine an eager reader
         /// pays a read and a write per reply against a server that writes each reply on its
-        /// own, and contends with it for the socket locks.
+        /// own, and contends with it for the socket locks. Latency includes up to one window.
         #[arg(long, conflicts_with = "rate", value_parser = parse_duration)]
         batch_window: Option<Duration>,
         /// Open loop: messages per second in total; latency from the scheduled send time.
