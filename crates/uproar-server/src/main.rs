@@ -151,6 +151,18 @@ fn main() {
     if let Some(t) = args.threads {
         b = b.threads(t);
     }
+    // Handlers first: a SIGTERM that arrives once clients can connect (even before the thread
+    // below reads it) must be a graceful shutdown, never the default action's abrupt exit.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("uproar: cannot install signal handlers: {e}");
+            std::process::exit(1);
+        }
+    };
     let server = match b.start(move |_| App {
         settings: settings.clone(),
     }) {
@@ -164,16 +176,6 @@ fn main() {
     tracing::info!(addr = %server.local_addr(), "uproar is listening; open http://{}/ for the demo", server.local_addr());
     let handle = server.handle();
     let grace = args.shutdown_grace;
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("uproar: cannot install signal handlers: {e}");
-            std::process::exit(1);
-        }
-    };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             tracing::info!(

@@ -304,3 +304,13 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
     let status = ex.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+/// A SIGTERM that arrives the moment the server says it is listening (before any client,
+/// while the main thread may still be starting up) is a graceful shutdown: exit 0, never the
+/// default action's death by signal.
+#[test]
+fn sigterm_right_after_startup_still_exits_0() {
+    for _ in 0..20 {
+        uproar(&["--threads", "1"]).stop_with_sigterm();
+    }
+}
