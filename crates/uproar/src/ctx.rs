@@ -177,6 +177,10 @@ impl<C> Ctx<C> {
     /// [`publish`](Self::publish) a frame already encoded.
     pub fn publish_frame(&mut self, topic: &str, frame: &Frame) -> usize {
         if self.shared.inboxes.len() > 1 {
+            // Whatever other workers published before this call (a backend's previous
+            // `POST /publish` answered by another worker, say) goes to this worker's
+            // subscribers first, whether or not this turn has reached its wake-up yet.
+            self.fan_out_inbox();
             let remote = Remote {
                 topic: topic.into(),
                 frame: frame.clone(),
@@ -186,6 +190,13 @@ impl<C> Ctx<C> {
             }
         }
         self.fan_out(topic, frame)
+    }
+
+    /// Fan out what other workers and `Publisher`s handed to this worker's inbox.
+    pub(crate) fn fan_out_inbox(&mut self) {
+        for r in self.shared.drain(self.worker) {
+            self.fan_out(&r.topic, &r.frame);
+        }
     }
 
     /// Queue `frame` to this worker's subscribers of `topic`, under the backpressure policy.

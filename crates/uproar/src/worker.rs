@@ -155,9 +155,7 @@ impl<H: Handler> Worker<H> {
             Op::Send => self.on_send(ud.index, cqe),
             Op::Wake => {
                 // Publishes from other workers and from `Publisher`s.
-                for r in self.ctx.shared.drain(self.ctx.worker) {
-                    self.ctx.fan_out(&r.topic, &r.frame);
-                }
+                self.ctx.fan_out_inbox();
                 if self.stop_deadline.is_none() {
                     self.ring.read_wake(self.wake_fd);
                 }

@@ -265,3 +265,79 @@ fn a_publisher_is_refused_after_shutdown() {
     server.join().unwrap();
     assert!(!publisher.publish("t", DataKind::Text, b"after"));
 }
+
+/// Publishes "first" through a `Publisher` (every worker's inbox, this one's too), then
+/// "second" from the callback itself, when a client sends `go`.
+struct Causal {
+    publisher: std::sync::Arc<std::sync::OnceLock<uproar::Publisher>>,
+}
+
+impl Handler for Causal {
+    type Conn = ();
+
+    fn on_upgrade<'r>(&mut self, _: &mut Ctx<()>, _: &UpgradeRequest<'r>) -> Upgrade<'r, ()> {
+        Upgrade::accept(())
+    }
+
+    fn on_open(&mut self, ws: &mut WebSocket<'_, ()>) {
+        assert!(ws.subscribe("t"));
+    }
+
+    fn on_message(&mut self, ws: &mut WebSocket<'_, ()>, msg: Message<'_>) {
+        match msg.as_text() {
+            Some("whoami") => {
+                let w = ws.ctx().worker().to_string();
+                let _ = ws.send_text(&w);
+            }
+            Some("go") => {
+                let p = self.publisher.get().expect("publisher set after start");
+                assert!(p.publish("t", DataKind::Text, b"first"));
+                ws.publish("t", DataKind::Text, b"second");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_close(&mut self, _: &mut Ctx<()>, _: ConnId, _: (), _: CloseEvent<'_>) {}
+}
+
+/// Causal order: a message published before another (here by the same callback, first
+/// through a `Publisher`, whose copy for this worker waits in its inbox) reaches every
+/// subscriber first, on this worker and on the other one.
+#[test]
+fn a_publish_never_overtakes_one_made_before_it() {
+    let publisher = std::sync::Arc::new(std::sync::OnceLock::new());
+    let server = builder()
+        .threads(2)
+        .start({
+            let publisher = publisher.clone();
+            move |_| Causal {
+                publisher: publisher.clone(),
+            }
+        })
+        .unwrap();
+    assert!(publisher.set(server.publisher()).is_ok());
+    let addr = server.local_addr();
+    let mut clients: Vec<(usize, Client)> = Vec::new();
+    while clients.iter().map(|c| c.0).collect::<BTreeSet<_>>().len() < 2 && clients.len() < 64 {
+        let mut c = Client::connect(addr, "/ws");
+        clients.push((whoami(&mut c), c));
+    }
+    assert!(clients.iter().any(|c| c.0 == 0) && clients.iter().any(|c| c.0 == 1));
+    for round in 0..20 {
+        let n = clients.len();
+        clients[round % n].1.send_text("go");
+        for (w, c) in &mut clients {
+            assert_eq!(
+                c.recv(),
+                Got::Text("first".into()),
+                "round {round}, worker {w}"
+            );
+            assert_eq!(
+                c.recv(),
+                Got::Text("second".into()),
+                "round {round}, worker {w}"
+            );
+        }
+    }
+}
