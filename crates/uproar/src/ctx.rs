@@ -176,11 +176,12 @@ impl<C> Ctx<C> {
 
     /// [`publish`](Self::publish) a frame already encoded.
     pub fn publish_frame(&mut self, topic: &str, frame: &Frame) -> usize {
+        // Whatever was published before this call and handed to this worker's inbox (by
+        // another worker, e.g. a backend's previous `POST /publish`, or by a `Publisher`, even
+        // with one worker) goes to this worker's subscribers first, whether or not this turn
+        // has reached its wake-up yet.
+        self.fan_out_inbox();
         if self.shared.inboxes.len() > 1 {
-            // Whatever other workers published before this call (a backend's previous
-            // `POST /publish` answered by another worker, say) goes to this worker's
-            // subscribers first, whether or not this turn has reached its wake-up yet.
-            self.fan_out_inbox();
             let remote = Remote {
                 topic: topic.into(),
                 frame: frame.clone(),

@@ -303,12 +303,18 @@ impl Handler for Causal {
 
 /// Causal order: a message published before another (here by the same callback, first
 /// through a `Publisher`, whose copy for this worker waits in its inbox) reaches every
-/// subscriber first, on this worker and on the other one.
+/// subscriber first, on this worker and on the other one; with one worker too.
 #[test]
 fn a_publish_never_overtakes_one_made_before_it() {
+    for threads in [1, 2] {
+        causal_order(threads);
+    }
+}
+
+fn causal_order(threads: usize) {
     let publisher = std::sync::Arc::new(std::sync::OnceLock::new());
     let server = builder()
-        .threads(2)
+        .threads(threads)
         .start({
             let publisher = publisher.clone();
             move |_| Causal {
@@ -319,11 +325,15 @@ fn a_publish_never_overtakes_one_made_before_it() {
     assert!(publisher.set(server.publisher()).is_ok());
     let addr = server.local_addr();
     let mut clients: Vec<(usize, Client)> = Vec::new();
-    while clients.iter().map(|c| c.0).collect::<BTreeSet<_>>().len() < 2 && clients.len() < 64 {
+    while (clients.len() < 2
+        || clients.iter().map(|c| c.0).collect::<BTreeSet<_>>().len() < threads)
+        && clients.len() < 64
+    {
         let mut c = Client::connect(addr, "/ws");
         clients.push((whoami(&mut c), c));
     }
-    assert!(clients.iter().any(|c| c.0 == 0) && clients.iter().any(|c| c.0 == 1));
+    let workers: BTreeSet<usize> = clients.iter().map(|c| c.0).collect();
+    assert_eq!(workers.len(), threads, "clients on every worker");
     for round in 0..20 {
         let n = clients.len();
         clients[round % n].1.send_text("go");
@@ -331,12 +341,12 @@ fn a_publish_never_overtakes_one_made_before_it() {
             assert_eq!(
                 c.recv(),
                 Got::Text("first".into()),
-                "round {round}, worker {w}"
+                "{threads} workers, round {round}, worker {w}"
             );
             assert_eq!(
                 c.recv(),
                 Got::Text("second".into()),
-                "round {round}, worker {w}"
+                "{threads} workers, round {round}, worker {w}"
             );
         }
     }
