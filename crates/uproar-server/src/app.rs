@@ -126,7 +126,7 @@ impl Handler for App {
             ("GET", "/healthz") => Response::text(200, "ok\n"),
             ("GET", "/metrics") => Response::new(200)
                 .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                .body(metrics::render(&ctx.all_stats()).into_bytes()),
+                .body(metrics::render(ctx.driver(), &ctx.all_stats()).into_bytes()),
             ("POST", p) if p.starts_with("/publish/") => self.publish(ctx, req),
             (_, "/" | "/healthz" | "/metrics") => Response::text(405, "method not allowed\n"),
             (_, p) if p.starts_with("/publish/") => Response::text(405, "use POST\n"),
@@ -143,7 +143,7 @@ impl App {
                 .header("authorization")
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            if given.map(str::trim) != Some(token.as_str()) {
+            if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
                 return Response::text(401, "publishing needs Authorization: Bearer TOKEN\n")
                     .header("WWW-Authenticate", "Bearer");
             }
@@ -166,9 +166,38 @@ impl App {
         } else {
             DataKind::Binary
         };
-        let local = ctx.publish(topic, kind, req.body());
+        ctx.publish(topic, kind, req.body());
+        // Subscribers on every worker of this node, from the node's topic table (no round
+        // trip to the other workers); "node" stays true once several nodes share topics.
+        let node = ctx.node_subscribers(topic);
         Response::new(200)
             .header("Content-Type", "application/json")
-            .body(format!("{{\"topic\":\"{topic}\",\"local_subscribers\":{local}}}\n").into_bytes())
+            .body(format!("{{\"topic\":\"{topic}\",\"node_subscribers\":{node}}}\n").into_bytes())
+    }
+}
+
+/// Compare secrets in time that depends on their lengths only, never on where they differ,
+/// so response times do not reveal a token byte by byte.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keep the optimiser from turning the fold into an early-exit comparison.
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_compares_whole_secrets() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"X3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use uproar::{BackpressurePolicy, Server};
+use uproar::{BackpressurePolicy, Driver, Server};
 
 use app::{App, Settings};
 use units::{parse_duration, parse_size};
@@ -36,6 +36,21 @@ struct Args {
     /// 0.0.0.0:9001 to accept from the network.
     #[arg(long, env = "UPROAR_LISTEN", default_value = "127.0.0.1:9001")]
     listen: SocketAddr,
+
+    /// I/O driver: auto (io_uring where this process may use it, else epoll, saying why in
+    /// the log), io-uring (fail to start where it is blocked), or epoll. Default auto: the
+    /// cheapest driver that runs here, rather than not starting in a container that blocks
+    /// io_uring.
+    #[arg(long, env = "UPROAR_DRIVER", default_value = "auto", value_parser = parse_driver)]
+    driver: Driver,
+
+    /// Share --listen with other processes (SO_REUSEPORT across processes), for a handover
+    /// during a restart: the kernel splits new clients between old and new process, and a
+    /// publish reaches only the subscribers of the process that took it. Default off: a
+    /// second server on a port in use is refused at start instead of silently splitting
+    /// clients between two unrelated sets of topics.
+    #[arg(long, env = "UPROAR_REUSE_PORT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    reuse_port: bool,
 
     /// Worker threads, one io_uring each. Default: one per CPU this process may use
     /// (thread-per-core is the design).
@@ -112,6 +127,10 @@ struct Args {
     shutdown_grace: Duration,
 }
 
+fn parse_driver(s: &str) -> Result<Driver, String> {
+    s.parse()
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Policy {
     Close,
@@ -135,6 +154,8 @@ fn main() {
     });
     let mut b = Server::builder()
         .listen(args.listen)
+        .driver(args.driver)
+        .reuse_port(args.reuse_port)
         .max_message_size(args.max_message_size)
         .max_frame_size(args.max_frame_size)
         .max_header_bytes(args.max_header_bytes as usize)
@@ -172,8 +193,9 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("listening on {}", server.local_addr());
-    tracing::info!(addr = %server.local_addr(), "uproar is listening; open http://{}/ for the demo", server.local_addr());
+    println!("listening on {} ({})", server.local_addr(), server.driver());
+    tracing::info!(addr = %server.local_addr(), driver = %server.driver(),
+        "uproar is listening; open http://{}/ for the demo", server.local_addr());
     let handle = server.handle();
     let grace = args.shutdown_grace;
     std::thread::spawn(move || {

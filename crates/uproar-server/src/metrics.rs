@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use uproar::{Rejection, WorkerStats};
+use uproar::{Driver, Rejection, WorkerStats};
 
 type Field = fn(&WorkerStats) -> u64;
 
@@ -83,13 +83,18 @@ const SERIES: [(&str, &str, &str, Field); 13] = [
     (
         "uproar_slow_consumer_closes_total",
         "counter",
-        "Subscribers closed as slow consumers (close policy).",
+        "Connections closed as slow consumers (close policy), fan-out and direct sends.",
         |s| s.slow_closes,
     ),
 ];
 
-pub(crate) fn render(workers: &[WorkerStats]) -> String {
+pub(crate) fn render(driver: Driver, workers: &[WorkerStats]) -> String {
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP uproar_driver_info The I/O driver the workers run.\n\
+         # TYPE uproar_driver_info gauge\nuproar_driver_info{{driver=\"{driver}\"}} 1"
+    );
     for (name, kind, help, field) in SERIES {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (w, s) in workers.iter().enumerate() {
@@ -109,6 +114,20 @@ pub(crate) fn render(workers: &[WorkerStats]) -> String {
                 r.label(),
                 s.rejections[i]
             );
+        }
+    }
+    let name = "uproar_mesh_refused_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Messages published elsewhere that this worker's inbox refused, by reason \
+         (its subscribers missed them).\n# TYPE {name} counter"
+    );
+    for (w, s) in workers.iter().enumerate() {
+        for (reason, n) in [
+            ("inbox_full", s.refused_inbox_full),
+            ("stopping", s.refused_stopping),
+        ] {
+            let _ = writeln!(out, "{name}{{worker=\"{w}\",reason=\"{reason}\"}} {n}");
         }
     }
     out

@@ -37,16 +37,21 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration (try 500ms, 5s or 2m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        "" => Err(format!("{s:?} needs a unit: ms, s, m or h")),
-        other => Err(format!(
-            "unknown duration unit {other:?} (use ms, s, m or h)"
-        )),
-    }
+    let secs_per = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "" => return Err(format!("{s:?} needs a unit: ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    n.checked_mul(secs_per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[cfg(test)]
@@ -72,5 +77,11 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5 fortnights").is_err());
+        // Absurd input is a clear error, not an overflow.
+        assert_eq!(
+            parse_duration("999999999999999999h"),
+            Err("\"999999999999999999h\" is too long".into())
+        );
+        assert!(parse_duration("99999999999999999999s").is_err(), "past u64");
     }
 }

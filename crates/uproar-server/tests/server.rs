@@ -135,7 +135,7 @@ fn receive_only_clients_cannot_publish_and_close_stops_delivery() {
     let mut b = Client::connect(addr, "/ws/t");
     assert_eq!(
         post(addr, "/publish/t", "", "x").1,
-        "{\"topic\":\"t\",\"local_subscribers\":2}\n"
+        "{\"topic\":\"t\",\"node_subscribers\":2}\n"
     );
     assert_eq!(
         a.recv(),
@@ -147,7 +147,7 @@ fn receive_only_clients_cannot_publish_and_close_stops_delivery() {
     assert_eq!(b.expect_close().0, 1000);
     assert_eq!(
         post(addr, "/publish/t", "", "y").1,
-        "{\"topic\":\"t\",\"local_subscribers\":1}\n"
+        "{\"topic\":\"t\",\"node_subscribers\":1}\n"
     );
     assert_eq!(a.recv(), Got::Binary(b"y".to_vec()));
     a.send_text("may I?");
@@ -265,7 +265,114 @@ fn metrics_parse_and_count_what_was_sent() {
         1.0
     );
     assert_eq!(total(&m, "uproar_drops_total"), 0.0);
+    assert_eq!(total(&m, "uproar_mesh_refused_total"), 0.0);
+    assert!(m.contains_key("uproar_mesh_refused_total{worker=\"0\",reason=\"inbox_full\"}"));
+    // The driver that runs, as an info metric.
+    let driver = std::env::var("UPROAR_DRIVER").unwrap_or_else(|_| "auto".into());
+    let info: Vec<_> = m
+        .keys()
+        .filter(|k| k.starts_with("uproar_driver_info"))
+        .collect();
+    assert_eq!(info.len(), 1, "{info:?}");
+    match driver.as_str() {
+        "auto" => assert!(info[0].contains("io-uring") || info[0].contains("epoll")),
+        d => assert_eq!(info[0], &format!("uproar_driver_info{{driver=\"{d}\"}}")),
+    }
+    assert_eq!(m[info[0]], 1.0);
     ex.stop_with_sigterm();
+}
+
+/// `POST /publish` answers the topic's subscribers on the whole node, whichever worker took
+/// the request (it used to count only that worker's).
+#[test]
+fn publish_answers_the_subscribers_of_every_worker() {
+    let ex = uproar(&["--threads", "2"]);
+    let addr = ex.addr;
+    let mut subs: Vec<Client> = (0..12)
+        .map(|_| Client::connect(addr, "/ws/n?mode=sub"))
+        .collect();
+    let m = metrics(addr);
+    let per_worker = [
+        m["uproar_websockets{worker=\"0\"}"],
+        m["uproar_websockets{worker=\"1\"}"],
+    ];
+    assert!(
+        per_worker.iter().all(|&n| n > 0.0),
+        "both workers have subscribers: {per_worker:?}"
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            post(addr, "/publish/n", "", "x").1,
+            "{\"topic\":\"n\",\"node_subscribers\":12}\n"
+        );
+    }
+    for c in &mut subs {
+        for _ in 0..4 {
+            assert_eq!(c.recv(), Got::Binary(b"x".to_vec()));
+        }
+    }
+    subs.truncate(5);
+    assert!(eventually(std::time::Duration::from_secs(5), || post(
+        addr,
+        "/publish/n",
+        "",
+        "y"
+    )
+    .1 == "{\"topic\":\"n\",\"node_subscribers\":5}\n"));
+    assert_eq!(
+        post(addr, "/publish/none", "", "z").1,
+        "{\"topic\":\"none\",\"node_subscribers\":0}\n"
+    );
+    ex.stop_with_sigterm();
+}
+
+/// A second server on an address in use is refused (it would silently split clients between
+/// two sets of topics); `--reuse-port` shares it on purpose.
+#[test]
+fn a_second_server_on_the_same_port_is_refused_unless_asked_to_share() {
+    let first = uproar(&["--threads", "2"]);
+    let addr = first.addr.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uproar"))
+        .args(["--listen", &addr, "--threads", "1"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+    assert!(err.contains("--reuse-port"), "{err}");
+    // Sharing on purpose: both serve.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_uproar"));
+    cmd.env("RUST_LOG", "warn")
+        .env("UPROAR_SHUTDOWN_GRACE", "300ms");
+    let mut second = cmd
+        .args(["--listen", &addr, "--threads", "1", "--reuse-port"])
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(second.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with(&format!("listening on {addr}")), "{line}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    assert!(second.wait().unwrap().success());
+    first.stop_with_sigterm();
+}
+
+#[test]
+fn absurd_durations_are_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uproar"))
+        .args(["--idle-timeout", "999999999999999999h"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is too long"), "{err}");
 }
 
 #[test]

@@ -288,7 +288,8 @@ pub fn run_example(name: &str, args: &[&str]) -> Example {
     run_binary(&example_path(name), &all)
 }
 
-/// Run a server binary on 127.0.0.1:0 (it must print `listening on ADDR` first).
+/// Run a server binary on 127.0.0.1:0 (it must print `listening on ADDR` first, maybe followed
+/// by more words).
 pub fn run_binary(path: &std::path::Path, args: &[&str]) -> Example {
     run_command(Command::new(path), args)
 }
@@ -309,6 +310,7 @@ pub fn run_command(mut cmd: Command, args: &[&str]) -> Example {
     let addr = line
         .trim()
         .strip_prefix("listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap();

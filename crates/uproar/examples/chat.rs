@@ -85,24 +85,27 @@ impl Handler for Chat {
 
 fn main() {
     let mut addr = "127.0.0.1:9002".to_owned();
+    let mut driver = std::env::var("UPROAR_DRIVER").unwrap_or_else(|_| "auto".into());
     let mut stop_on_eof = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => addr = args.next().expect("--listen IP:PORT"),
+            "--driver" => driver = args.next().expect("--driver auto|io-uring|epoll"),
             "--stop-on-eof" => stop_on_eof = true,
             other => panic!("unknown option {other}"),
         }
     }
     let server = Server::builder()
         .listen(addr.parse().expect("--listen IP:PORT"))
+        .driver(driver.parse().unwrap_or_else(|e| panic!("--driver: {e}")))
         .threads(1)
         .start(|_| Chat::default())
         .unwrap_or_else(|e| {
             eprintln!("chat: {e}");
             std::process::exit(1)
         });
-    println!("listening on {}", server.local_addr());
+    println!("listening on {} ({})", server.local_addr(), server.driver());
     if stop_on_eof {
         let handle = server.handle();
         std::thread::spawn(move || {

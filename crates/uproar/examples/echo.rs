@@ -8,7 +8,8 @@
 //! Options: `--listen ADDR`, `--threads N`, `--max-message-size BYTES`,
 //! `--max-buffered-bytes BYTES`, `--max-connections N`, `--recv-buffer-size BYTES`,
 //! `--recv-buffers N`, `--idle-timeout-ms MS`, `--handshake-timeout-ms MS`,
-//! `--close-timeout-ms MS`. It prints `listening on ADDR` once ready, and stops gracefully
+//! `--close-timeout-ms MS`, `--driver auto|io-uring|epoll` (default: `UPROAR_DRIVER`, else
+//! auto). It prints `listening on ADDR` once ready, and stops gracefully
 //! when its standard input reaches end of file if started with `--stop-on-eof`.
 
 use std::io::Read as _;
@@ -35,6 +36,9 @@ impl Handler for Echo {
 
 fn main() {
     let mut b = Server::builder();
+    if let Ok(d) = std::env::var("UPROAR_DRIVER") {
+        b = b.driver(d.parse().unwrap_or_else(|e| panic!("UPROAR_DRIVER: {e}")));
+    }
     let mut stop_on_eof = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -43,6 +47,7 @@ fn main() {
         b = match a.as_str() {
             "--listen" => b.listen(val().parse().expect("--listen IP:PORT")),
             "--threads" => b.threads(num(val()) as usize),
+            "--driver" => b.driver(val().parse().unwrap_or_else(|e| panic!("--driver: {e}"))),
             "--max-message-size" => b.max_message_size(num(val())),
             "--max-buffered-bytes" => b.max_buffered_bytes(num(val()) as usize),
             "--max-connections" => b.max_connections(num(val()) as usize),
@@ -65,7 +70,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("listening on {}", server.local_addr());
+    println!("listening on {} ({})", server.local_addr(), server.driver());
     if stop_on_eof {
         let handle = server.handle();
         std::thread::spawn(move || {

@@ -14,9 +14,59 @@ pub enum BackpressurePolicy {
     Drop,
 }
 
+/// Which I/O driver the workers run. Both drive the same connection lifecycle, so behaviour
+/// is the same; they differ in cost (docs/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Driver {
+    /// io_uring if this process may use it (ring setup and every operation the driver needs,
+    /// probed at start), else epoll, saying why in the log. The default.
+    Auto,
+    /// io_uring: multishot accept and recv over provided buffers, one system call per loop
+    /// turn. Fails to start where io_uring is unavailable, saying what would enable it.
+    IoUring,
+    /// epoll through mio (kqueue on macOS and the BSDs): works in every container and sandbox
+    /// that allows ordinary sockets.
+    Epoll,
+}
+
+impl Driver {
+    /// The name used by flags, metrics and logs: `auto`, `io-uring`, `epoll`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io-uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Driver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Driver, String> {
+        match s {
+            "auto" => Ok(Driver::Auto),
+            "io-uring" | "io_uring" | "iouring" => Ok(Driver::IoUring),
+            "epoll" => Ok(Driver::Epoll),
+            other => Err(format!(
+                "unknown driver {other:?}: use auto, io-uring or epoll"
+            )),
+        }
+    }
+}
+
 /// Limits and sizes of a server. Build it with [`Server::builder`](crate::Server::builder).
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The I/O driver. Default [`Driver::Auto`]: io_uring where it is allowed (the cheapest),
+    /// epoll where a container or sysctl blocks it, rather than not starting.
+    pub driver: Driver,
     /// Worker threads, one io_uring each. Default: one per CPU this process may run on
     /// (its affinity mask): thread-per-core is the design.
     pub threads: usize,
@@ -57,7 +107,8 @@ pub struct Config {
     /// What happens when a send would pass `max_buffered_bytes`. Default
     /// [`BackpressurePolicy::Close`].
     pub backpressure: BackpressurePolicy,
-    /// Size of each pooled receive buffer. Default 32 KiB: a frame that fits in one buffer is
+    /// Size of each pooled receive buffer (io_uring), and of the one read buffer each epoll
+    /// worker reads every socket into. Default 32 KiB: a frame that fits in one buffer is
     /// handed over in place, one that straddles two is copied; at 16 KiB every 16 KiB message
     /// straddled, and echoing them cost twice the CPU (measured, docs/benchmarks.md).
     pub recv_buffer_size: u32,
@@ -73,11 +124,18 @@ pub struct Config {
     pub ring_entries: u32,
     /// Listen backlog. Default 4096: connection storms queue instead of being refused.
     pub backlog: i32,
+    /// Let other processes listen on the same address too (`SO_REUSEPORT` across processes),
+    /// for a handover during a restart: the kernel then splits new clients between the
+    /// processes, and each has its own topics (a publish reaches only its own subscribers).
+    /// Default false: a second server on a port in use is refused at start, never a silent
+    /// split.
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
+            driver: Driver::Auto,
             threads: core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)),
             pin_threads: true,
             max_frame_size: 16 << 20,
@@ -95,6 +153,7 @@ impl Default for Config {
             prefault_buffers: true,
             ring_entries: 4096,
             backlog: 4096,
+            reuse_port: false,
         }
     }
 }

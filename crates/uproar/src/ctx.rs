@@ -1,70 +1,26 @@
 //! A worker's connections and the [`Ctx`] that callbacks reach them through.
 
 use std::fmt;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use uproar_pubsub::{Counters, OnFull, Outcome, Policy, Registry, Sink};
-use uproar_wire::{CloseCode, Connection, DataKind};
+use uproar_wire::{CloseCode, DataKind};
 
-use crate::app::{ConnId, Frame, SendStatus};
 use crate::config::{BackpressurePolicy, Config};
-use crate::server::{Remote, Shared};
+use crate::conn::{Conn, Out, State, Ws};
+use crate::id::ConnId;
+use crate::mesh::{Remote, Shared};
+use crate::message::{Frame, SendStatus};
 use crate::slab::Slab;
 use crate::stats::{Counts, WorkerStats};
-use crate::timer::{self, Key, Wheel};
+use crate::timer::{self, Wheel};
 use crate::tx::Tx;
-
-/// One connection's slot.
-pub(crate) struct Conn<C> {
-    pub(crate) fd: RawFd,
-    /// A multishot recv is armed.
-    pub(crate) recv_armed: bool,
-    /// The peer's FIN arrived: nothing more will be read.
-    pub(crate) eof: bool,
-    /// A send is in flight (its frames are owned by the ring).
-    pub(crate) sending: bool,
-    /// In the worker's dirty list for this turn.
-    pub(crate) dirty: bool,
-    /// The wheel tick this connection is armed for, or [`timer::NONE`].
-    pub(crate) timer: u32,
-    /// The wheel tick by which an HTTP request must be complete, or a lingering close done.
-    pub(crate) deadline: u32,
-    /// Outgoing bytes; allocated only while there are some.
-    pub(crate) tx: Option<Box<Tx>>,
-    pub(crate) state: State<C>,
-}
-
-/// Held inline (not boxed): the slot is as large as its largest state anyway, and an idle
-/// WebSocket then costs one slot and no allocation.
-pub(crate) enum State<C> {
-    /// Reading an HTTP request (an upgrade, or plain HTTP with keep-alive). The bytes of a
-    /// request that arrived in pieces are held here; empty (unallocated) otherwise.
-    Http(Vec<u8>),
-    /// An open WebSocket.
-    Ws(Ws<C>),
-    /// Finishing politely: once the send queue is empty our FIN goes out; then we read (and
-    /// discard) until the peer's FIN or the deadline, so the peer sees our last bytes rather
-    /// than a reset.
-    Linger { fin_sent: bool },
-    /// Aborted: the socket is shut down; the slot is freed when no operation is in flight.
-    Dead,
-}
-
-pub(crate) struct Ws<C> {
-    pub(crate) proto: Connection,
-    pub(crate) user: C,
-    /// The reason in the peer's close frame, if it had one. A thin pointer (not `Box<str>`):
-    /// every slot is 8 bytes smaller, and a close reason is rare.
-    #[allow(clippy::box_collection)]
-    pub(crate) peer_reason: Option<Box<String>>,
-}
 
 /// A worker's context, given to every callback: its connections, the time, its index.
 pub struct Ctx<C> {
     pub(crate) conns: Slab<Conn<C>>,
-    pub(crate) dirty: Vec<Key>,
+    pub(crate) dirty: Vec<ConnId>,
     pub(crate) wheel: Wheel,
     pub(crate) now: Instant,
     pub(crate) worker: usize,
@@ -73,7 +29,7 @@ pub struct Ctx<C> {
     pub(crate) shutting_down: bool,
     pub(crate) scratch: Vec<u8>,
     /// Topics and subscribers of this worker.
-    pub(crate) registry: Registry<Key>,
+    pub(crate) registry: Registry<ConnId>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) counts: Counts,
     /// Open WebSockets on this worker.
@@ -126,6 +82,7 @@ impl<C> Ctx<C> {
     pub fn stats(&self) -> WorkerStats {
         let c = &self.counts;
         let p = self.registry.counters();
+        let (refused_inbox_full, refused_stopping) = self.shared.refused(self.worker);
         WorkerStats {
             connections: self.conns.len() as u64,
             websockets: self.websockets,
@@ -140,7 +97,9 @@ impl<C> Ctx<C> {
             published: p.published,
             deliveries: p.deliveries,
             drops: p.drops,
-            slow_closes: p.slow_closes,
+            slow_closes: p.slow_closes + c.slow_closes,
+            refused_inbox_full,
+            refused_stopping,
         }
     }
 
@@ -152,24 +111,51 @@ impl<C> Ctx<C> {
         all
     }
 
+    /// The driver the server runs.
+    pub fn driver(&self) -> crate::Driver {
+        self.shared.driver
+    }
+
     /// Subscribe the open WebSocket `id` to `topic`; false if it already was (or is not an open
     /// WebSocket).
     pub fn subscribe(&mut self, id: ConnId, topic: &str) -> bool {
         let open = self
             .conns
-            .get(id.index, id.generation)
+            .get(id)
             .is_some_and(|c| matches!(c.state, State::Ws(_)));
-        open && self.registry.subscribe((id.index, id.generation), topic)
+        let joined = open && self.registry.subscribe(id, topic);
+        if joined {
+            self.shared.topic_joined(topic);
+        }
+        joined
     }
 
     /// Unsubscribe `id` from `topic`; false if it was not subscribed.
     pub fn unsubscribe(&mut self, id: ConnId, topic: &str) -> bool {
-        self.registry.unsubscribe((id.index, id.generation), topic)
+        let left = self.registry.unsubscribe(id, topic);
+        if left {
+            self.shared.topics_left([topic]);
+        }
+        left
+    }
+
+    /// Take `id` off every topic (it is closing).
+    pub(crate) fn leave_all(&mut self, id: ConnId) {
+        self.shared.topics_left(self.registry.topics_of(id));
+        self.registry.remove(id);
+    }
+
+    /// Subscribers of `topic` on every worker of this node (kept as subscribers come and go:
+    /// reading it costs one lock, no round trip to the other workers).
+    pub fn node_subscribers(&self, topic: &str) -> usize {
+        self.shared.node_subscribers(topic)
     }
 
     /// Publish a message to `topic` on every worker: it is encoded once, queued by reference to
     /// this worker's subscribers now, and handed to the other workers' inboxes (the same
-    /// buffer, no copy). Returns how many subscribers of this worker it was queued to.
+    /// buffer, no copy). Returns how many subscribers of this worker it was queued to. A worker
+    /// whose inbox refuses it (full, or stopping) is counted in its
+    /// [`WorkerStats::refused_inbox_full`] / [`WorkerStats::refused_stopping`].
     pub fn publish(&mut self, topic: &str, kind: DataKind, payload: &[u8]) -> usize {
         self.publish_frame(topic, &Frame::new(kind, payload))
     }
@@ -181,13 +167,22 @@ impl<C> Ctx<C> {
         // with one worker) goes to this worker's subscribers first, whether or not this turn
         // has reached its wake-up yet.
         self.fan_out_inbox();
-        if self.shared.inboxes.len() > 1 {
+        let workers = self.shared.workers();
+        if workers > 1 {
             let remote = Remote {
                 topic: topic.into(),
                 frame: frame.clone(),
             };
-            for w in (0..self.shared.inboxes.len()).filter(|&w| w != self.worker) {
-                self.shared.post(w, remote.clone());
+            for w in (0..workers).filter(|&w| w != self.worker) {
+                if let Err(why) = self.shared.post(w, remote.clone()) {
+                    // Counted by the mesh against worker `w`; say it in the log too.
+                    tracing::debug!(
+                        worker = w,
+                        ?why,
+                        topic,
+                        "a worker's inbox refused a publish"
+                    );
+                }
             }
         }
         self.fan_out(topic, frame)
@@ -209,11 +204,11 @@ impl<C> Ctx<C> {
         let out = self.registry.publish(topic, frame, &mut sink);
         self.counts.messages_out += out.delivered as u64;
         self.counts.bytes_out += (out.delivered * frame.bytes.len()) as u64;
-        for key in out.to_close {
-            self.registry.remove(key);
-            if let Some(conn) = self.conns.get_mut(key.0, key.1) {
+        for id in out.to_close {
+            self.leave_all(id);
+            if let Some(conn) = self.conns.get_mut(id) {
                 close_slow(conn);
-                mark(&mut self.dirty, conn, key.0, key.1);
+                mark(&mut self.dirty, conn, id);
             }
         }
         out.delivered
@@ -252,7 +247,7 @@ impl<C> Ctx<C> {
 
     /// The state of an open WebSocket connection.
     pub fn conn(&self, id: ConnId) -> Option<&C> {
-        match &self.conns.get(id.index, id.generation)?.state {
+        match &self.conns.get(id)?.state {
             State::Ws(ws) => Some(&ws.user),
             _ => None,
         }
@@ -260,7 +255,7 @@ impl<C> Ctx<C> {
 
     /// The state of an open WebSocket connection, mutably.
     pub fn conn_mut(&mut self, id: ConnId) -> Option<&mut C> {
-        match &mut self.conns.get_mut(id.index, id.generation)?.state {
+        match &mut self.conns.get_mut(id)?.state {
             State::Ws(ws) => Some(&mut ws.user),
             _ => None,
         }
@@ -268,10 +263,7 @@ impl<C> Ctx<C> {
 
     /// Bytes queued for `id` that its socket has not taken yet.
     pub fn buffered_amount(&self, id: ConnId) -> usize {
-        self.conns
-            .get(id.index, id.generation)
-            .and_then(|c| c.tx.as_ref())
-            .map_or(0, |t| t.buffered)
+        self.conns.get(id).map_or(0, Conn::buffered)
     }
 
     /// Send a whole message to `id` (copied into its send buffer).
@@ -306,24 +298,28 @@ impl<C> Ctx<C> {
     ) -> SendStatus {
         let max = self.cfg.max_buffered_bytes;
         let policy = self.cfg.backpressure;
-        let Some(conn) = self.conns.get_mut(id.index, id.generation) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return SendStatus::Dropped;
         };
-        let State::Ws(ws) = &mut conn.state else {
-            return SendStatus::Dropped;
-        };
-        let tx = conn.tx.get_or_insert_with(Box::default);
         // The limit applies to the backlog already there, so one message larger than the
         // limit can still be sent to a connection that keeps up; the memory bound is the limit
         // plus one message.
-        if tx.buffered > max {
-            if policy == BackpressurePolicy::Close {
-                close_slow(conn);
+        if conn.buffered() > max {
+            if policy == BackpressurePolicy::Close && close_slow(conn) {
+                self.counts.slow_closes += 1;
+                self.leave_all(id);
             }
-            mark(&mut self.dirty, conn, id.index, id.generation);
+            if let Some(conn) = self.conns.get_mut(id) {
+                mark(&mut self.dirty, conn, id);
+            }
             return SendStatus::Dropped;
         }
-        let backlog = tx.in_flight;
+        let State::Ws(ws) = &mut conn.state else {
+            return SendStatus::Dropped;
+        };
+        // A backlog: bytes with the driver (io_uring) or refused by a full socket (epoll).
+        let backlog = conn.out != Out::Idle;
+        let tx = conn.tx.get_or_insert_with(Box::default);
         let before = tx.buffered;
         if !push(ws, tx) {
             return SendStatus::Dropped;
@@ -336,42 +332,40 @@ impl<C> Ctx<C> {
         } else {
             SendStatus::Sent
         };
-        mark(&mut self.dirty, conn, id.index, id.generation);
+        mark(&mut self.dirty, conn, id);
         status
     }
 
     /// Start the close handshake with `id` (`reason` at most 123 bytes). Does nothing if it
     /// is already closing or gone.
     pub fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
-        let Some(conn) = self.conns.get_mut(id.index, id.generation) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if let State::Ws(ws) = &mut conn.state {
             let _ = ws.proto.queue_close(code, reason);
-            mark(&mut self.dirty, conn, id.index, id.generation);
+            mark(&mut self.dirty, conn, id);
         }
     }
 
-    /// Queue raw bytes (an HTTP response) on connection `key`.
-    pub(crate) fn queue_raw(&mut self, key: Key, bytes: &[u8]) {
-        if let Some(conn) = self.conns.get_mut(key.0, key.1) {
-            conn.tx
-                .get_or_insert_with(Box::default)
-                .push_copy(&[], bytes);
-            mark(&mut self.dirty, conn, key.0, key.1);
+    /// Queue raw bytes (an HTTP response) on connection `id`.
+    pub(crate) fn queue_raw(&mut self, id: ConnId, bytes: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.tx().push_copy(&[], bytes);
+            mark(&mut self.dirty, conn, id);
         }
     }
 
-    /// Put `key` on this turn's list of connections to flush and re-arm.
-    pub(crate) fn touch(&mut self, key: Key) {
-        if let Some(conn) = self.conns.get_mut(key.0, key.1) {
-            mark(&mut self.dirty, conn, key.0, key.1);
+    /// Put `id` on this turn's list of connections to flush.
+    pub(crate) fn touch(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            mark(&mut self.dirty, conn, id);
         }
     }
 
     /// Arm the connection's timer for its next deadline, if earlier than the armed one.
-    pub(crate) fn arm_timer(&mut self, key: Key) {
-        let Some(conn) = self.conns.get_mut(key.0, key.1) else {
+    pub(crate) fn arm_timer(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let t = match &conn.state {
@@ -380,10 +374,10 @@ impl<C> Ctx<C> {
                 .proto
                 .poll_timeout()
                 .map_or(timer::NONE, |d| self.wheel.tick_of(d)),
-            State::Dead => timer::NONE,
+            State::Dead { .. } => timer::NONE,
         };
         if t != timer::NONE && (conn.timer == timer::NONE || t < conn.timer) {
-            conn.timer = self.wheel.insert_at(key, t);
+            conn.timer = self.wheel.insert_at(id, t);
         }
     }
 
@@ -393,38 +387,38 @@ impl<C> Ctx<C> {
     }
 }
 
-/// Close a slow consumer with 1008. Its unsent backlog is dropped first, so the close frame is
-/// next after what the kernel already holds (a client that reads again learns why); if it never
-/// reads again, the close timeout drops the connection.
-fn close_slow<C>(conn: &mut Conn<C>) {
-    if let State::Ws(ws) = &mut conn.state
-        && ws.proto.can_send()
-    {
-        if let Some(tx) = &mut conn.tx {
-            tx.discard_queued();
-        }
-        let _ = ws
-            .proto
-            .queue_close(CloseCode::POLICY_VIOLATION, "slow consumer");
+/// Close a slow consumer with 1008; false if it was already closing. Its unsent backlog is
+/// dropped first (all but the rest of a frame the socket took part of), so the close frame
+/// comes right after whole frames; if the peer never reads again, the close timeout ends it.
+fn close_slow<C>(conn: &mut Conn<C>) -> bool {
+    let State::Ws(ws) = &mut conn.state else {
+        return false;
+    };
+    if !ws.proto.can_send() {
+        return false;
     }
+    if let Some(tx) = &mut conn.tx {
+        tx.discard_queued();
+    }
+    let _ = ws
+        .proto
+        .queue_close(CloseCode::POLICY_VIOLATION, "slow consumer");
+    true
 }
 
 /// The connections as pub/sub sees them.
 struct ConnSink<'a, C> {
     conns: &'a mut Slab<Conn<C>>,
-    dirty: &'a mut Vec<Key>,
+    dirty: &'a mut Vec<ConnId>,
 }
 
-impl<C> Sink<Key, Frame> for ConnSink<'_, C> {
-    fn buffered(&self, key: Key) -> usize {
-        self.conns
-            .get(key.0, key.1)
-            .and_then(|c| c.tx.as_ref())
-            .map_or(0, |t| t.buffered)
+impl<C> Sink<ConnId, Frame> for ConnSink<'_, C> {
+    fn buffered(&self, id: ConnId) -> usize {
+        self.conns.get(id).map_or(0, Conn::buffered)
     }
 
-    fn deliver(&mut self, key: Key, frame: &Frame) -> Outcome {
-        let Some(conn) = self.conns.get_mut(key.0, key.1) else {
+    fn deliver(&mut self, id: ConnId, frame: &Frame) -> Outcome {
+        let Some(conn) = self.conns.get_mut(id) else {
             return Outcome::Gone;
         };
         let State::Ws(ws) = &conn.state else {
@@ -433,35 +427,16 @@ impl<C> Sink<Key, Frame> for ConnSink<'_, C> {
         if !ws.proto.can_send() {
             return Outcome::Gone;
         }
-        conn.tx
-            .get_or_insert_with(Box::default)
-            .push_shared(frame.bytes.clone());
-        mark(self.dirty, conn, key.0, key.1);
+        conn.tx().push_shared(frame.bytes.clone());
+        mark(self.dirty, conn, id);
         Outcome::Delivered
     }
 }
 
-pub(crate) fn mark<C>(dirty: &mut Vec<Key>, conn: &mut Conn<C>, index: u32, generation: u32) {
+/// Put `conn` on the dirty list, once per turn.
+pub(crate) fn mark<C>(dirty: &mut Vec<ConnId>, conn: &mut Conn<C>, id: ConnId) {
     if !conn.dirty {
         conn.dirty = true;
-        dirty.push((index, generation));
-    }
-}
-
-pub(crate) fn id_of(key: Key) -> ConnId {
-    ConnId {
-        index: key.0,
-        generation: key.1,
-    }
-}
-#[cfg(test)]
-mod tests {
-    /// An idle WebSocket costs one slot and no allocation: keep the slot small (the target is
-    /// 0.25 KiB of RSS per idle connection, slab slot included).
-    #[test]
-    fn an_idle_connection_fits_in_a_small_slot() {
-        let slot = size_of::<super::Conn<()>>();
-        assert!(slot <= 208, "Conn<()> grew to {slot} bytes");
-        assert!(size_of::<uproar_wire::Connection>() <= 176);
+        dirty.push(id);
     }
 }

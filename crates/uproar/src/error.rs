@@ -48,6 +48,12 @@ pub enum Error {
         /// The kernel's error.
         source: io::Error,
     },
+    /// Another socket, most likely another server, already listens on the address. (Sharing
+    /// it on purpose, for a handover, needs [`Config::reuse_port`](crate::Config::reuse_port).)
+    AddressInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// A configuration value is out of range.
     Config(&'static str),
     /// Another system call failed, during the named step.
@@ -107,6 +113,13 @@ impl fmt::Display for Error {
                  /etc/security/limits.conf) or lower max_connections"
             ),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::AddressInUse { addr } => write!(
+                f,
+                "cannot listen on {addr}: the address is in use by another process (another \
+                 server on the same port would split clients between two unrelated sets of \
+                 topics); stop it, pick another port, or share the port on purpose for a \
+                 handover with reuse_port (the server's --reuse-port)"
+            ),
             Error::Config(what) => write!(f, "invalid configuration: {what}"),
             Error::Io(step, e) => write!(f, "{step}: {e}"),
             Error::WorkerPanicked => f.write_str("a worker thread panicked"),

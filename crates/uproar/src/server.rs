@@ -1,100 +1,20 @@
 //! Starting and stopping a server: listeners, worker threads, the [`Handle`].
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::app::{Frame, Handler};
-use crate::config::{BackpressurePolicy, Config};
-use crate::error::Error;
-use crate::sys;
-use crate::worker::Worker;
 use uproar_wire::DataKind;
 
-/// State shared by the workers and every [`Handle`].
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Arc<Config>,
-    pub(crate) stop: AtomicBool,
-    pub(crate) grace_nanos: AtomicU64,
-    /// One eventfd per worker, to wake it.
-    pub(crate) wakers: Vec<OwnedFd>,
-    /// Open connections over all workers, against `max_connections`.
-    open: AtomicUsize,
-    /// Per worker, messages published elsewhere for its subscribers.
-    pub(crate) inboxes: Vec<Mutex<Vec<Remote>>>,
-    /// Per worker, its counters as of its last loop turn.
-    pub(crate) published_stats: Vec<crate::stats::Published>,
-}
-
-/// Most messages waiting in one worker's inbox; why 65,536: a worker drains its whole inbox
-/// every loop turn, so a full inbox means it is far behind, and this bounds what a publisher
-/// can make it hold (65,536 shared frames).
-pub(crate) const MAX_INBOX: usize = 1 << 16;
-
-/// A publish from another worker (or a [`Publisher`]): the topic and the frame, shared.
-#[derive(Debug, Clone)]
-pub(crate) struct Remote {
-    pub(crate) topic: std::sync::Arc<str>,
-    pub(crate) frame: Frame,
-}
-
-impl Shared {
-    /// Count a new connection, unless that would pass `max_connections`.
-    pub(crate) fn acquire_conn(&self) -> bool {
-        self.open
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.config.max_connections).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    pub(crate) fn release_conn(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Hand `remote` to `worker`'s inbox, waking it if the inbox was empty (a non-empty inbox
-    /// has a wake-up pending already). Order per sender is kept: the inbox is FIFO. Refused
-    /// (false) once the server is stopping, or when the inbox already holds [`MAX_INBOX`]
-    /// messages (that worker is not keeping up; memory stays bounded).
-    pub(crate) fn post(&self, worker: usize, remote: Remote) -> bool {
-        if self.stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        let was_empty = {
-            let mut q = self.inboxes[worker]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_INBOX {
-                return false;
-            }
-            q.push(remote);
-            q.len() == 1
-        };
-        if was_empty {
-            sys::eventfd_signal(self.wakers[worker].as_raw_fd());
-        }
-        true
-    }
-
-    /// Every worker's counters as of its last loop turn.
-    pub(crate) fn stats(&self) -> Vec<crate::stats::WorkerStats> {
-        self.published_stats.iter().map(|p| p.load()).collect()
-    }
-
-    /// Take everything in `worker`'s inbox.
-    pub(crate) fn drain(&self, worker: usize) -> Vec<Remote> {
-        std::mem::take(
-            &mut *self.inboxes[worker]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
-    }
-}
+use crate::config::{BackpressurePolicy, Config, Driver};
+use crate::error::Error;
+use crate::handler::Handler;
+use crate::mesh::{Remote, Shared, Waker};
+use crate::message::Frame;
+use crate::{epoll, sys, uring};
 
 /// Builds a [`Server`]: the address, the limits, then [`start`](Builder::start) with the
 /// handler factory.
@@ -131,6 +51,10 @@ impl Builder {
     }
 
     setters! {
+        /// See [`Config::driver`].
+        driver: Driver,
+        /// See [`Config::reuse_port`].
+        reuse_port: bool,
         /// See [`Config::threads`].
         threads: usize,
         /// See [`Config::pin_threads`].
@@ -174,30 +98,33 @@ impl Builder {
     {
         let cfg = self.config;
         cfg.validate()?;
-        check_kernel()?;
+        let driver = choose_driver(cfg.driver)?;
         let (_, hard) = sys::raise_nofile().map_err(|e| Error::Io("getrlimit", e))?;
-        // Per worker: the listener, the ring, the eventfd; plus stdio and slack.
+        // Per worker: the listener, the ring or epoll, the waker; plus stdio and slack.
         let needed = cfg.max_connections as u64 + 4 * cfg.threads as u64 + 16;
         if needed > hard {
             return Err(Error::FdLimit { needed, hard });
         }
-        let listeners = bind_all(self.addr, cfg.threads, cfg.backlog)?;
+        let listeners = bind_all(self.addr, cfg.threads, cfg.backlog, cfg.reuse_port)?;
         let local_addr = listeners[0]
             .local_addr()
             .map_err(|e| Error::Io("getsockname", e))?;
+        let mut polls = Vec::new();
         let wakers = (0..cfg.threads)
-            .map(|_| sys::eventfd())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Io("eventfd", e))?;
-        let shared = Arc::new(Shared {
-            config: Arc::new(cfg.clone()),
-            stop: AtomicBool::new(false),
-            grace_nanos: AtomicU64::new(0),
-            inboxes: (0..cfg.threads).map(|_| Mutex::new(Vec::new())).collect(),
-            published_stats: (0..cfg.threads).map(|_| Default::default()).collect(),
-            wakers,
-            open: AtomicUsize::new(0),
-        });
+            .map(|_| match driver {
+                Driver::Epoll => {
+                    let poll = mio::Poll::new().map_err(|e| Error::Io("epoll_create", e))?;
+                    let waker = mio::Waker::new(poll.registry(), epoll::WAKE)
+                        .map_err(|e| Error::Io("creating the epoll waker", e))?;
+                    polls.push(Some(poll));
+                    Ok(Waker::Mio(waker))
+                }
+                _ => sys::eventfd()
+                    .map(Waker::EventFd)
+                    .map_err(|e| Error::Io("eventfd", e)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(Shared::new(Arc::new(cfg.clone()), driver, wakers));
         let handle = Handle {
             shared: shared.clone(),
             local_addr,
@@ -215,13 +142,21 @@ impl Builder {
             let factory = factory.clone();
             let ready = ready_tx.clone();
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let poll = polls.get_mut(i).and_then(Option::take);
             let t = std::thread::Builder::new()
                 .name(format!("uproar-{i}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let worker = match Worker::new(i, factory(i), listener, shared) {
+                    let handler = factory(i);
+                    let worker = match poll {
+                        Some(poll) => epoll::Worker::new(i, handler, poll, listener, shared)
+                            .map(|w| Box::new(move || w.run()) as Box<dyn FnOnce() -> _>),
+                        None => uring::Worker::new(i, handler, listener, shared)
+                            .map(|w| Box::new(move || w.run()) as Box<dyn FnOnce() -> _>),
+                    };
+                    let run = match worker {
                         Ok(w) => {
                             let _ = ready.send(Ok(()));
                             w
@@ -232,7 +167,7 @@ impl Builder {
                         }
                     };
                     drop(ready);
-                    worker.run()
+                    run()
                 })
                 .map_err(|e| Error::Io("spawning a worker thread", e))?;
             threads.push(t);
@@ -254,28 +189,57 @@ impl Builder {
                 }
             }
         }
+        tracing::info!(driver = %driver, workers = cfg.threads, addr = %local_addr, "uproar engine started");
         Ok(server)
     }
 }
 
-/// Multishot recv (the engine's receive path) arrived in Linux 6.0.
-fn check_kernel() -> Result<(), Error> {
-    const NEEDED: (u32, u32) = (6, 0);
-    match sys::kernel_version() {
-        Some(found) if found < NEEDED => Err(Error::KernelTooOld {
-            feature: "multishot recv (IORING_RECV_MULTISHOT)",
-            found,
-            needed: NEEDED,
-        }),
-        _ => Ok(()),
+/// The driver to run: `Auto` probes io_uring and falls back to epoll, saying why once.
+fn choose_driver(wanted: Driver) -> Result<Driver, Error> {
+    match wanted {
+        Driver::Epoll => Ok(Driver::Epoll),
+        Driver::IoUring => uring::probe().map(|()| Driver::IoUring),
+        Driver::Auto => match uring::probe() {
+            Ok(()) => Ok(Driver::IoUring),
+            Err(e) => {
+                tracing::warn!(
+                    reason = %e,
+                    "io_uring is not available to this process, so the epoll driver runs \
+                     (same behaviour, more CPU per message: docs/operations.md)"
+                );
+                Ok(Driver::Epoll)
+            }
+        },
     }
 }
 
 /// One `SO_REUSEPORT` listener per worker, all on the same port (the first one's, when the
-/// address asks for port 0).
-fn bind_all(addr: SocketAddr, n: usize, backlog: i32) -> Result<Vec<TcpListener>, Error> {
+/// address asks for port 0). Unless `share` is set, the address is first bound without
+/// `SO_REUSEPORT`: that fails if any other socket holds it (another process's `SO_REUSEPORT`
+/// listeners included), so a second server is refused instead of silently splitting clients.
+fn bind_all(
+    addr: SocketAddr,
+    n: usize,
+    backlog: i32,
+    share: bool,
+) -> Result<Vec<TcpListener>, Error> {
     let bind = |a: SocketAddr| {
         sys::reuseport_listener(a, backlog).map_err(|source| Error::Bind { addr: a, source })
+    };
+    let addr = if share {
+        addr
+    } else {
+        let probe = sys::exclusive_bind(addr).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                Error::AddressInUse { addr }
+            } else {
+                Error::Bind { addr, source }
+            }
+        })?;
+        // Port 0 asks for a free port: keep the one the probe got.
+        probe
+            .local_addr()
+            .map_err(|e| Error::Io("getsockname", e))?
     };
     let first = bind(addr)?;
     let port = first
@@ -320,6 +284,11 @@ impl Server {
         self.handle.local_addr
     }
 
+    /// The driver the workers run (`IoUring` or `Epoll`, never `Auto`).
+    pub fn driver(&self) -> Driver {
+        self.handle.driver()
+    }
+
     /// Wait until every worker has stopped (after [`Handle::shutdown`]).
     pub fn join(self) -> Result<(), Error> {
         let mut result = Ok(());
@@ -351,7 +320,7 @@ impl Handle {
         );
         self.shared.stop.store(true, Ordering::Release);
         for w in &self.shared.wakers {
-            sys::eventfd_signal(w.as_raw_fd());
+            w.wake();
         }
     }
 
@@ -365,6 +334,11 @@ impl Handle {
         self.shared.open.load(Ordering::Relaxed)
     }
 
+    /// Subscribers of `topic` over all workers.
+    pub fn node_subscribers(&self, topic: &str) -> usize {
+        self.shared.node_subscribers(topic)
+    }
+
     /// A handle that publishes to topics from any thread.
     pub fn publisher(&self) -> Publisher {
         Publisher {
@@ -375,6 +349,11 @@ impl Handle {
     /// Every worker's counters, as of its last loop turn.
     pub fn stats(&self) -> Vec<crate::stats::WorkerStats> {
         self.shared.stats()
+    }
+
+    /// The driver the workers run (`IoUring` or `Epoll`, never `Auto`).
+    pub fn driver(&self) -> Driver {
+        self.shared.driver
     }
 }
 
@@ -388,7 +367,10 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publish a whole message to `topic`. Returns false if some worker refused it: the
-    /// server is stopping, or that worker's inbox is full (it is far behind).
+    /// server is stopping, or that worker's inbox is full (it is far behind). Every refusal
+    /// is counted against the refusing worker ([`WorkerStats::refused_inbox_full`]).
+    ///
+    /// [`WorkerStats::refused_inbox_full`]: crate::WorkerStats::refused_inbox_full
     pub fn publish(&self, topic: &str, kind: DataKind, payload: &[u8]) -> bool {
         self.publish_frame(topic, &Frame::new(kind, payload))
     }
@@ -400,8 +382,8 @@ impl Publisher {
             frame: frame.clone(),
         };
         let mut all = true;
-        for w in 0..self.shared.inboxes.len() {
-            all &= self.shared.post(w, remote.clone());
+        for w in 0..self.shared.workers() {
+            all &= self.shared.post(w, remote.clone()).is_ok();
         }
         all
     }

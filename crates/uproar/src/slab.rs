@@ -1,8 +1,8 @@
-//! Connection slots addressed by (index, generation). A slot's generation comes from one
-//! counter per slab, so a stale id (a late completion, or an id the application kept) never
-//! matches the slot's next occupant, even after the slab was trimmed.
+//! Connection slots addressed by [`ConnId`] (index, generation). A slot's generation comes
+//! from one counter per slab, so a stale id (a late completion, or an id the application kept)
+//! never matches the slot's next occupant, even after the slab was trimmed.
 
-use crate::ring::UserData;
+use crate::id::ConnId;
 
 #[derive(Debug)]
 enum Slot<T> {
@@ -34,10 +34,10 @@ impl<T> Slab<T> {
         self.len
     }
 
-    /// Insert, returning (index, generation).
-    pub(crate) fn insert(&mut self, value: T) -> (u32, u32) {
+    /// Insert, returning the new occupant's id.
+    pub(crate) fn insert(&mut self, value: T) -> ConnId {
         let generation = self.next_generation;
-        self.next_generation = (self.next_generation + 1) & UserData::GEN_MASK;
+        self.next_generation = (self.next_generation + 1) & ConnId::GEN_MASK;
         let slot = Slot::Used { generation, value };
         let index = match self.free.pop() {
             Some(i) => {
@@ -50,38 +50,32 @@ impl<T> Slab<T> {
             }
         };
         self.len += 1;
-        (index, generation)
+        ConnId::new(index, generation)
     }
 
-    pub(crate) fn get(&self, index: u32, generation: u32) -> Option<&T> {
-        match self.slots.get(index as usize)? {
-            Slot::Used {
-                generation: g,
-                value,
-            } if *g == generation => Some(value),
+    pub(crate) fn get(&self, id: ConnId) -> Option<&T> {
+        match self.slots.get(id.index as usize)? {
+            Slot::Used { generation, value } if *generation == id.generation => Some(value),
             _ => None,
         }
     }
 
-    pub(crate) fn get_mut(&mut self, index: u32, generation: u32) -> Option<&mut T> {
-        match self.slots.get_mut(index as usize)? {
-            Slot::Used {
-                generation: g,
-                value,
-            } if *g == generation => Some(value),
+    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut T> {
+        match self.slots.get_mut(id.index as usize)? {
+            Slot::Used { generation, value } if *generation == id.generation => Some(value),
             _ => None,
         }
     }
 
-    pub(crate) fn remove(&mut self, index: u32, generation: u32) -> Option<T> {
-        let slot = self.slots.get_mut(index as usize)?;
-        if !matches!(slot, Slot::Used { generation: g, .. } if *g == generation) {
+    pub(crate) fn remove(&mut self, id: ConnId) -> Option<T> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if !matches!(slot, Slot::Used { generation, .. } if *generation == id.generation) {
             return None;
         }
         let Slot::Used { value, .. } = std::mem::replace(slot, Slot::Free) else {
             unreachable!("checked above")
         };
-        self.free.push(index);
+        self.free.push(id.index);
         self.len -= 1;
         Some(value)
     }
@@ -94,10 +88,10 @@ impl<T> Slab<T> {
         })
     }
 
-    /// (index, generation) of every occupied slot.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+    /// The id of every occupied slot.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.slots.iter().enumerate().filter_map(|(i, s)| match s {
-            Slot::Used { generation, .. } => Some((i as u32, *generation)),
+            Slot::Used { generation, .. } => Some(ConnId::new(i as u32, *generation)),
             Slot::Free => None,
         })
     }
@@ -124,14 +118,14 @@ mod tests {
     #[test]
     fn stale_ids_never_match_a_reused_slot() {
         let mut s = Slab::with_capacity(0);
-        let (i, g) = s.insert("a");
-        assert_eq!(s.remove(i, g), Some("a"));
-        let (j, h) = s.insert("b");
-        assert_eq!(i, j, "the slot is reused");
-        assert_ne!(g, h);
-        assert_eq!(s.get(i, g), None);
-        assert_eq!(s.remove(i, g), None);
-        assert_eq!(s.get(j, h), Some(&"b"));
+        let a = s.insert("a");
+        assert_eq!(s.remove(a), Some("a"));
+        let b = s.insert("b");
+        assert_eq!(a.index, b.index, "the slot is reused");
+        assert_ne!(a, b);
+        assert_eq!(s.get(a), None);
+        assert_eq!(s.remove(a), None);
+        assert_eq!(s.get(b), Some(&"b"));
         assert_eq!(s.len(), 1);
     }
 
@@ -139,16 +133,16 @@ mod tests {
     fn trim_keeps_live_slots_and_fresh_generations() {
         let mut s = Slab::with_capacity(0);
         let keys: Vec<_> = (0..1000).map(|v| s.insert(v)).collect();
-        for &(i, g) in &keys[1..] {
-            s.remove(i, g);
+        for &k in &keys[1..] {
+            s.remove(k);
         }
         s.trim();
-        assert_eq!(s.get(keys[0].0, keys[0].1), Some(&0));
+        assert_eq!(s.get(keys[0]), Some(&0));
         assert_eq!(s.keys().count(), 1);
-        let (i, g) = s.insert(7);
-        assert!(i < 1000);
+        let n = s.insert(7);
+        assert!(n.index < 1000);
         assert!(
-            keys.iter().all(|&k| k != (i, g)),
+            keys.iter().all(|&k| k != n),
             "no old id matches the new occupant"
         );
     }

@@ -100,8 +100,15 @@ pub struct WorkerStats {
     pub deliveries: u64,
     /// Messages dropped for subscribers over the limit (drop policy).
     pub drops: u64,
-    /// Subscribers closed as slow consumers (close policy).
+    /// Connections closed as slow consumers (close policy): fan-out subscribers and direct
+    /// sends alike.
     pub slow_closes: u64,
+    /// Messages published elsewhere that this worker's inbox refused because it held its
+    /// maximum (the worker was far behind): its subscribers missed them.
+    pub refused_inbox_full: u64,
+    /// Messages published elsewhere that this worker's inbox refused because the server was
+    /// shutting down.
+    pub refused_stopping: u64,
 }
 
 /// What the worker counts as it goes.
@@ -114,6 +121,9 @@ pub(crate) struct Counts {
     pub(crate) bytes_in: u64,
     pub(crate) messages_out: u64,
     pub(crate) bytes_out: u64,
+    /// Connections closed as slow consumers by a direct send (fan-out closes are counted by
+    /// the pub/sub registry).
+    pub(crate) slow_closes: u64,
 }
 
 impl Counts {
@@ -122,8 +132,11 @@ impl Counts {
     }
 }
 
-/// The atomics other threads read.
+/// The atomics other threads read. Each worker writes its own every loop turn, so each is
+/// aligned to 128 bytes (two cache lines, the unit the adjacent-line prefetcher pulls in):
+/// workers' counters in one `Vec` never share a line.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Published {
     values: [AtomicU64; 21],
 }
@@ -175,6 +188,25 @@ impl Published {
             drops: v[11],
             slow_closes: v[12],
             rejections,
+            refused_inbox_full: 0,
+            refused_stopping: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Published;
+
+    /// Workers' counters sit side by side in a `Vec`: no two may share a cache line (or the
+    /// pair of lines the prefetcher moves together).
+    #[test]
+    fn workers_counters_never_share_a_cache_line() {
+        let v: Vec<Published> = (0..4).map(|_| Published::default()).collect();
+        for pair in v.windows(2) {
+            let a = &pair[0] as *const Published as usize;
+            let b = &pair[1] as *const Published as usize;
+            assert!(a.is_multiple_of(128) && b - a >= 128, "{a:#x} {b:#x}");
         }
     }
 }

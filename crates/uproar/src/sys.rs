@@ -34,6 +34,22 @@ fn set_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int)
 /// connections between them) and `TCP_NODELAY` (inherited by accepted sockets on Linux, so
 /// small frames are not held back by Nagle's algorithm).
 pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let fd = bound_socket(addr, true)?;
+    // SAFETY: listen(2) on a bound socket we own.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(TcpListener::from(fd))
+}
+
+/// A socket bound to `addr` without `SO_REUSEPORT`, not listening: binding fails with
+/// `EADDRINUSE` if any other socket holds the address, whatever its options. Returned as a
+/// `TcpListener` only so its address can be read; drop it to free the address.
+pub(crate) fn exclusive_bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    bound_socket(addr, false).map(TcpListener::from)
+}
+
+/// A TCP socket bound to `addr` with `SO_REUSEADDR` (a restart is not refused over old
+/// connections in TIME_WAIT), `TCP_NODELAY`, and `SO_REUSEPORT` if `reuseport`.
+fn bound_socket(addr: SocketAddr, reuseport: bool) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -45,7 +61,9 @@ pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<T
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let raw = fd.as_raw_fd();
     set_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    set_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if reuseport {
+        set_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
     set_opt(raw, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     if addr.is_ipv6() {
         set_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
@@ -79,9 +97,7 @@ pub(crate) fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<T
             len as libc::socklen_t,
         )
     })?;
-    // SAFETY: listen(2) on a bound socket we own.
-    cvt(unsafe { libc::listen(raw, backlog) })?;
-    Ok(TcpListener::from(fd))
+    Ok(fd)
 }
 
 /// `shutdown(2)`: wakes every operation pending on the socket (recv gets EOF, send gets EPIPE).

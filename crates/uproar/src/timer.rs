@@ -5,8 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-/// Connection key: (slot index, generation).
-pub(crate) type Key = (u32, u32);
+use crate::id::ConnId;
 
 /// "Not armed".
 pub(crate) const NONE: u32 = u32::MAX;
@@ -19,7 +18,7 @@ const SLOT_KEEP: usize = 64;
 pub(crate) struct Wheel {
     start: Instant,
     tick: Duration,
-    slots: Vec<Vec<Key>>,
+    slots: Vec<Vec<ConnId>>,
     /// The next tick to fire.
     cursor: u32,
     len: usize,
@@ -48,7 +47,7 @@ impl Wheel {
 
     /// Arm `key` for tick `tick` (from [`tick_of`](Self::tick_of)); returns the tick it will
     /// fire at (remember it on the connection: the entry is valid only while that matches).
-    pub(crate) fn insert_at(&mut self, key: Key, tick: u32) -> u32 {
+    pub(crate) fn insert_at(&mut self, key: ConnId, tick: u32) -> u32 {
         let n = self.slots.len() as u32;
         let t = tick.clamp(self.cursor, self.cursor + n - 1);
         self.slots[(t % n) as usize].push(key);
@@ -62,7 +61,7 @@ impl Wheel {
     }
 
     /// Move every entry whose tick is at or before `now` into `out`, with its tick.
-    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<(Key, u32)>) {
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<(ConnId, u32)>) {
         let now_tick = (now.saturating_duration_since(self.start).as_nanos() / self.tick.as_nanos())
             .min(u128::from(NONE - 1)) as u32;
         if self.len == 0 {
@@ -97,21 +96,21 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut w = Wheel::new(t0, ms(10), 8);
-        let a = w.insert_at((1, 0), w.tick_of(t0 + ms(25)));
-        let b = w.insert_at((2, 0), w.tick_of(t0 + ms(1000)));
+        let a = w.insert_at(ConnId::new(1, 0), w.tick_of(t0 + ms(25)));
+        let b = w.insert_at(ConnId::new(2, 0), w.tick_of(t0 + ms(1000)));
         assert_eq!(a, 3);
         assert_eq!(b, 7, "beyond the wheel: parked at its far end");
         let mut out = Vec::new();
         w.expire(t0 + ms(29), &mut out);
         assert!(out.is_empty());
         w.expire(t0 + ms(30), &mut out);
-        assert_eq!(out, vec![((1, 0), 3)]);
+        assert_eq!(out, vec![(ConnId::new(1, 0), 3)]);
         out.clear();
         w.expire(t0 + ms(75), &mut out);
-        assert_eq!(out, vec![((2, 0), 7)]);
+        assert_eq!(out, vec![(ConnId::new(2, 0), 7)]);
         assert_eq!(w.next_wake(), None);
         // Armed again after a long idle stretch: still in the future.
-        let c = w.insert_at((3, 0), w.tick_of(t0 + ms(5000)));
+        let c = w.insert_at(ConnId::new(3, 0), w.tick_of(t0 + ms(5000)));
         assert!(c >= 8);
         out.clear();
         w.expire(t0 + ms(5000), &mut out);

@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::ring::MAX_IOV;
+/// Most chunks in one send (`sendmsg` or `writev`): well under `IOV_MAX` (1024), enough to
+/// coalesce a backlog.
+pub(crate) const MAX_IOV: usize = 64;
 
 #[derive(Debug, Default)]
 pub(crate) struct Tx {
@@ -25,6 +27,9 @@ pub(crate) struct Tx {
     pub(crate) in_flight: bool,
     /// A send returned `Queued`: tell the application when the backlog is gone.
     pub(crate) wants_drain: bool,
+    /// The queue's first chunk is the rest of a chunk the kernel took part of: the peer has
+    /// the start of a frame and must get its end before anything else.
+    front_partial: bool,
 }
 
 /// Least staging capacity reserved at once; why 256 bytes: a 101 response or a few small
@@ -57,12 +62,16 @@ impl Tx {
         }
     }
 
-    /// Drop everything not yet handed to the kernel (a slow consumer being closed: its close
-    /// frame should not wait behind the backlog it is being closed for).
+    /// Drop every whole frame not yet handed to the kernel (a slow consumer being closed: its
+    /// close frame should not wait behind the backlog it is being closed for). The rest of a
+    /// frame the kernel took part of is kept, so what follows starts on a frame boundary
+    /// (every chunk holds whole frames).
     pub(crate) fn discard_queued(&mut self) {
-        let queued: usize = self.queue.iter().map(|c| c.len()).sum::<usize>() + self.staging.len();
+        let keep = usize::from(self.front_partial);
+        let queued: usize =
+            self.queue.iter().skip(keep).map(|c| c.len()).sum::<usize>() + self.staging.len();
         self.buffered -= queued;
-        self.queue.clear();
+        self.queue.truncate(keep);
         self.staging.clear();
     }
 
@@ -83,6 +92,7 @@ impl Tx {
         let n = self.queue.len().min(MAX_IOV);
         out.extend(self.queue.drain(..n));
         self.in_flight = true;
+        self.front_partial = false;
     }
 
     /// The send of `chunks` completed having written `written` bytes: what was not written
@@ -95,6 +105,7 @@ impl Tx {
                 written -= c.len();
                 self.buffered -= c.len();
             } else {
+                self.front_partial |= written > 0;
                 c.advance(written);
                 self.buffered -= written;
                 written = 0;
@@ -158,6 +169,25 @@ mod tests {
         let mut rest = Vec::new();
         tx.take_batch(&mut rest);
         assert_eq!(rest.concat(), b"close");
+    }
+
+    /// A slow consumer closed right after a short send: the peer has half a frame, so the
+    /// other half goes out before the close frame, and only whole frames are dropped.
+    #[test]
+    fn discard_after_a_short_send_keeps_the_rest_of_the_half_written_frame() {
+        let mut tx = Tx::default();
+        tx.push_shared(Bytes::from_static(b"[frame-one]"));
+        tx.push_shared(Bytes::from_static(b"[frame-two]"));
+        let mut batch = Vec::new();
+        tx.take_batch(&mut batch);
+        tx.complete(&mut batch, 4);
+        tx.push_shared(Bytes::from_static(b"[frame-three]"));
+        tx.discard_queued();
+        tx.push_copy(b"[close]", b"");
+        let mut wire = b"[fra".to_vec();
+        wire.extend(drain_all(&mut tx, usize::MAX));
+        assert_eq!(wire, b"[frame-one][close]");
+        assert_eq!(tx.buffered, 0);
     }
 
     #[test]

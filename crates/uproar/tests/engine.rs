@@ -464,6 +464,13 @@ fn a_peer_that_stops_reading_is_bounded_and_closed() {
         .handle()
         .connections()
         == 1));
+    // A direct send closed by the close policy is a slow-consumer close like a fan-out's,
+    // counted once.
+    assert!(eventually(Duration::from_secs(2), || server
+        .handle()
+        .stats()[0]
+        .slow_closes
+        == 1));
     drop(stuck);
 }
 

@@ -15,8 +15,11 @@ use uproar::{
 };
 
 /// `/ws/TOPIC[?mode=pub|sub]`: subscribe (unless pub) and publish what is sent (unless sub).
-/// Commands: `whoami` (the worker's index), `unsub`, `stats` (topics and counters here).
+/// Commands: `whoami` (the worker's index), `unsub`, `stats` (topics and counters here),
+/// `block` (hold the worker until [`UNBLOCK`]), `spam N` (publish N messages).
 struct Topics;
+
+static UNBLOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 struct Conn {
     topic: String,
@@ -56,6 +59,24 @@ impl Handler for Topics {
                 let topic = ws.data().topic.clone();
                 let was = ws.unsubscribe(&topic);
                 let _ = ws.send_text(&format!("unsub {was}"));
+            }
+            Some("block") => {
+                // Hold this worker until the test lets go (bounded: 10 s).
+                let t = std::time::Instant::now();
+                while !UNBLOCK.load(std::sync::atomic::Ordering::Acquire)
+                    && t.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = ws.send_text("unblocked");
+            }
+            Some(t) if t.starts_with("spam ") => {
+                let n: usize = t[5..].parse().unwrap();
+                let topic = ws.data().topic.clone();
+                for i in 0..n {
+                    ws.publish(&topic, DataKind::Text, format!("spam-{i}").as_bytes());
+                }
+                let _ = ws.send_text("spammed");
             }
             Some("stats") => {
                 let c = ws.ctx().pubsub_counters();
@@ -350,4 +371,43 @@ fn causal_order(threads: usize) {
             );
         }
     }
+}
+
+/// A worker far behind (its inbox full) refuses what another worker publishes: the refusal is
+/// counted against it, by reason, and every message it did take is delivered in order.
+#[test]
+fn a_full_inbox_refuses_publishes_and_counts_them() {
+    let server = builder().threads(2).start(|_| Topics).unwrap();
+    let addr = server.local_addr();
+    // A subscriber on each worker (the kernel spreads connections by hash; try until both).
+    let mut by_worker: BTreeMap<usize, Client> = BTreeMap::new();
+    for _ in 0..64 {
+        let mut c = Client::connect(addr, "/ws/flood");
+        let w = whoami(&mut c);
+        by_worker.entry(w).or_insert(c);
+        if by_worker.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(by_worker.len(), 2, "connections reached both workers");
+    let mut slow = by_worker.remove(&1).unwrap();
+    let mut fast = by_worker.remove(&0).unwrap();
+    slow.send_text("block");
+    std::thread::sleep(Duration::from_millis(200));
+    let extra = 10;
+    fast.send_text(&format!("spam {}", (1 << 16) + extra));
+    let stats = || server.handle().stats();
+    // Worker 0 publishes while worker 1 is held: its inbox takes 65,536, refuses the rest.
+    assert!(
+        eventually(Duration::from_secs(20), || stats()[1].refused_inbox_full
+            == extra as u64),
+        "{:?}",
+        stats()[1]
+    );
+    assert_eq!(stats()[1].refused_stopping, 0);
+    assert_eq!(stats()[0].refused_inbox_full, 0);
+    UNBLOCK.store(true, std::sync::atomic::Ordering::Release);
+    server.handle().shutdown(Duration::ZERO);
+    server.join().unwrap();
+    drop((slow, fast));
 }

@@ -17,6 +17,8 @@ use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 
 use crate::error::Error;
+use crate::id::ConnId;
+use crate::tx::MAX_IOV;
 use bufring::{BGID, BufRing};
 
 /// What an operation was, in the top byte of its `user_data`.
@@ -30,27 +32,27 @@ pub(crate) enum Op {
     Cancel = 5,
 }
 
-/// A decoded `user_data`: operation, a 24-bit generation and a 32-bit index.
+/// A decoded `user_data`: the operation and a [`ConnId`] (24-bit generation, 32-bit index).
+/// For a send, the index is the send's slot in the ring's table (the connection is in its
+/// [`SendBuf`]); accept, wake and cancel carry no connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UserData {
     pub(crate) op: Op,
-    pub(crate) generation: u32,
-    pub(crate) index: u32,
+    pub(crate) id: ConnId,
 }
 
 impl UserData {
-    pub(crate) const GEN_MASK: u32 = (1 << 24) - 1;
+    pub(crate) fn new(op: Op, id: ConnId) -> UserData {
+        UserData { op, id }
+    }
 
-    pub(crate) fn new(op: Op, generation: u32, index: u32) -> UserData {
-        UserData {
-            op,
-            generation: generation & Self::GEN_MASK,
-            index,
-        }
+    /// An operation that concerns no connection.
+    pub(crate) fn bare(op: Op) -> UserData {
+        UserData::new(op, ConnId::new(0, 0))
     }
 
     pub(crate) fn encode(self) -> u64 {
-        (self.op as u64) << 56 | u64::from(self.generation) << 32 | u64::from(self.index)
+        (self.op as u64) << 56 | self.id.to_u64()
     }
 
     pub(crate) fn decode(v: u64) -> Option<UserData> {
@@ -64,8 +66,7 @@ impl UserData {
         };
         Some(UserData {
             op,
-            generation: (v >> 32) as u32 & Self::GEN_MASK,
-            index: v as u32,
+            id: ConnId::from_u64(v & ((1 << 56) - 1)),
         })
     }
 }
@@ -100,21 +101,28 @@ pub(crate) struct RingConfig {
 }
 
 /// Frames of one send in flight, owned here until the kernel completes it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SendBuf {
-    /// The `user_data` of the connection the send belongs to.
-    pub(crate) key: u64,
+    /// The connection the send belongs to.
+    pub(crate) conn: ConnId,
     /// The frames, in order. The kernel reads them through `iov`.
     pub(crate) chunks: Vec<Bytes>,
     iov: Vec<libc::iovec>,
 }
 
+impl Default for SendBuf {
+    fn default() -> SendBuf {
+        SendBuf {
+            conn: ConnId::new(0, 0),
+            chunks: Vec::new(),
+            iov: Vec::new(),
+        }
+    }
+}
+
 /// Spare send buffers kept for reuse; why 256: more sends than that in flight at once means
 /// many busy connections, whose allocations are then not worth pooling.
 const SPARE: usize = 256;
-
-/// Most frames in one `sendmsg`: well under `IOV_MAX` (1024), enough to coalesce a backlog.
-pub(crate) const MAX_IOV: usize = 64;
 
 /// One worker's io_uring with its receive pool. Field order matters for drop: the ring is
 /// torn down (cancelling everything in flight) before the memory it pointed at is freed.
@@ -286,7 +294,7 @@ impl Ring {
     pub(crate) fn cancel(&mut self, target: UserData) {
         let sqe = opcode::AsyncCancel::new(target.encode())
             .build()
-            .user_data(UserData::new(Op::Cancel, 0, 0).encode());
+            .user_data(UserData::bare(Op::Cancel).encode());
         // SAFETY: the SQE carries no pointer.
         unsafe { self.push(sqe) }
     }
@@ -296,7 +304,7 @@ impl Ring {
         let ptr: *mut u64 = &mut *self.wake;
         let sqe = opcode::Read::new(Fd(fd), ptr.cast(), 8)
             .build()
-            .user_data(UserData::new(Op::Wake, 0, 0).encode());
+            .user_data(UserData::bare(Op::Wake).encode());
         // SAFETY: `self.wake` is boxed (a stable address), never moved or freed before the
         // ring (see field order), and only written by the kernel.
         unsafe { self.push(sqe) }
@@ -315,7 +323,7 @@ impl Ring {
             self.sends.push(None);
             (self.sends.len() - 1) as u32
         });
-        let ud = UserData::new(Op::Send, 0, slot).encode();
+        let ud = UserData::new(Op::Send, ConnId::new(slot, 0)).encode();
         buf.iov.clear();
         buf.iov.extend(buf.chunks.iter().map(|c| libc::iovec {
             iov_base: c.as_ptr().cast_mut().cast(),

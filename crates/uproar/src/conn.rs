@@ -1,0 +1,116 @@
+//! One connection's slot: the lifecycle's state of it, and what its driver has in flight.
+
+use uproar_wire::Connection;
+
+use crate::timer;
+use crate::tx::Tx;
+
+/// The driver's handle for a connection's socket (a file descriptor on Linux). The lifecycle
+/// carries it in the commands it emits and never uses it itself.
+pub(crate) type Sock = i32;
+
+/// One connection's slot.
+pub(crate) struct Conn<C> {
+    pub(crate) sock: Sock,
+    /// The driver has a read armed that will complete again (io_uring's multishot recv): the
+    /// slot is not freed until it has ended.
+    pub(crate) reading: bool,
+    /// The peer's FIN arrived: nothing more will be read.
+    pub(crate) eof: bool,
+    /// Where sending stands.
+    pub(crate) out: Out,
+    /// In the worker's dirty list for this turn.
+    pub(crate) dirty: bool,
+    /// The wheel tick this connection is armed for, or [`timer::NONE`].
+    pub(crate) timer: u32,
+    /// The wheel tick by which an HTTP request must be complete, or a lingering close done.
+    pub(crate) deadline: u32,
+    /// Outgoing bytes; allocated only while there are some.
+    pub(crate) tx: Option<Box<Tx>>,
+    pub(crate) state: State<C>,
+}
+
+impl<C> Conn<C> {
+    pub(crate) fn new(sock: Sock, deadline: u32) -> Conn<C> {
+        Conn {
+            sock,
+            reading: false,
+            eof: false,
+            out: Out::Idle,
+            dirty: false,
+            timer: timer::NONE,
+            deadline,
+            tx: None,
+            state: State::Http(Vec::new()),
+        }
+    }
+
+    /// The send queue, made on first use.
+    pub(crate) fn tx(&mut self) -> &mut Tx {
+        self.tx.get_or_insert_with(Box::default)
+    }
+
+    /// Nothing queued and nothing with the driver.
+    pub(crate) fn tx_idle(&self) -> bool {
+        self.tx.as_ref().is_none_or(|t| t.is_idle())
+    }
+
+    /// Bytes queued and not yet taken by the socket.
+    pub(crate) fn buffered(&self) -> usize {
+        self.tx.as_ref().map_or(0, |t| t.buffered)
+    }
+
+    /// Whether the driver should keep reading from the socket.
+    pub(crate) fn wants_read(&self) -> bool {
+        !self.eof && !matches!(self.state, State::Dead { .. })
+    }
+}
+
+/// Where a connection's sending stands (one byte: the slot stays small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Out {
+    /// Nothing with the driver; a ready queue is transmitted at the next flush.
+    Idle,
+    /// A batch of the send queue is with the driver (under io_uring, owned by the ring).
+    Sending,
+    /// The socket said it is full (epoll): nothing is sent until it is writable again.
+    Blocked,
+}
+
+/// Held inline (not boxed): the slot is as large as its largest state anyway, and an idle
+/// WebSocket then costs one slot and no allocation.
+pub(crate) enum State<C> {
+    /// Reading an HTTP request (an upgrade, or plain HTTP with keep-alive). The bytes of a
+    /// request that arrived in pieces are held here; empty (unallocated) otherwise.
+    Http(Vec<u8>),
+    /// An open WebSocket.
+    Ws(Ws<C>),
+    /// Finishing politely: once the send queue is empty our FIN goes out; then we read (and
+    /// discard) until the peer's FIN or the deadline, so the peer sees our last bytes rather
+    /// than a reset.
+    Linger { fin_sent: bool },
+    /// Aborted: the socket is shut down (once `shut`, by the driver); the slot is freed when
+    /// nothing is in flight.
+    Dead { shut: bool },
+}
+
+pub(crate) struct Ws<C> {
+    pub(crate) proto: Connection,
+    pub(crate) user: C,
+    /// The reason in the peer's close frame, if it had one. A thin pointer (not `Box<str>`):
+    /// every slot is 8 bytes smaller, and a close reason is rare.
+    #[allow(clippy::box_collection)]
+    pub(crate) peer_reason: Option<Box<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle WebSocket costs one slot and no allocation: keep the slot small (the target is
+    /// 0.25 KiB of RSS per idle connection, slab slot included).
+    #[test]
+    fn an_idle_connection_fits_in_a_small_slot() {
+        let slot = size_of::<super::Conn<()>>();
+        assert!(slot <= 208, "Conn<()> grew to {slot} bytes");
+        assert!(size_of::<uproar_wire::Connection>() <= 176);
+    }
+}
