@@ -5,6 +5,10 @@
 #   benches/compare.sh [ROUNDS] [SECONDS]        default 3 rounds of 5 s (+1 s warm-up) per run
 #   SERVERS="uproar tungstenite fastwebsockets sockudo uring" SCENARIOS="echo20_c100_d1 ..." benches/compare.sh
 #
+# Servers: uproar (the uproar binary on the io_uring driver), uproar-epoll (the same on the
+# epoll driver), uproar-before (an older uproar binary named by UPROAR_BEFORE, for before/after
+# runs), and the peers: tungstenite, fastwebsockets, sockudo, uring (raw io_uring TCP echo).
+#
 # Results: target/compare/<round>/<scenario>/<server>.json, table from benches/summarize.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +59,9 @@ start_server() {
         # /ws/{topic}). For the idle-memory scenario mimalloc's transparent huge pages are turned
         # off, so RSS grows by 4 KiB pages rather than 2 MiB ones (the peers' glibc malloc asks
         # for none).
-        uproar) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        uproar) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        uproar-epoll) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver epoll --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        uproar-before) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "${UPROAR_BEFORE:?set UPROAR_BEFORE to an older uproar binary}" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
     esac
     server_pid=$!
