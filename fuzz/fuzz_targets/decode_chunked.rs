@@ -64,6 +64,7 @@ fn run(config: &Config, server: bool, pieces: &[&[u8]]) -> Out {
                 }
                 Event::Ping(p) => out.events.push(Ev::Ping(p.to_vec())),
                 Event::Pong(p) => out.events.push(Ev::Pong(p.to_vec())),
+                Event::Compressed { .. } => unreachable!("permessage-deflate is not enabled"),
                 Event::Close { code, reason } => {
                     assert!(code.is_valid_received() || code.0 == 1005);
                     out.events.push(Ev::Close(code.0, reason.to_owned()))

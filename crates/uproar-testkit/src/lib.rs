@@ -192,6 +192,7 @@ impl Client {
                         Event::Pong(p) => Got::Pong(p.to_vec()),
                         Event::Close { code, reason } => Got::Close(code.0, reason.to_owned()),
                         Event::Fragment { .. } => unreachable!("whole delivery"),
+                        Event::Compressed { .. } => unreachable!("no extension negotiated"),
                     }),
                     Ok(None) => break,
                     Err(e) => panic!("server sent an invalid frame: {e}"),

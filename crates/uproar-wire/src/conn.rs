@@ -119,6 +119,15 @@ pub enum Event<'a> {
     Ping(&'a [u8]),
     /// A pong.
     Pong(&'a [u8]),
+    /// A whole permessage-deflate compressed message (only after
+    /// [`Connection::enable_deflate`]), as it arrived: inflate it (appending the 4-byte tail),
+    /// then check it with [`Connection::check_inflated`].
+    Compressed {
+        /// Text or binary.
+        kind: DataKind,
+        /// The compressed payload.
+        data: &'a [u8],
+    },
     /// The peer's close frame; the reply has been queued. `code` is 1005 if it had none.
     Close {
         /// The peer's code, 1005 if the frame had none.
@@ -218,6 +227,8 @@ struct Msg {
     kind: DataKind,
     len: u64,
     delivered: bool,
+    /// RSV1 was set on its first frame (permessage-deflate).
+    compressed: bool,
 }
 
 /// Where an event's payload lives, decided before the borrow of the caller's buffer is taken.
@@ -247,6 +258,8 @@ pub enum RawEvent {
     Pong(Payload),
     /// See [`Event::Close`]: the payload is the whole close payload (code, then reason).
     Close(CloseCode, Payload),
+    /// See [`Event::Compressed`].
+    Compressed(DataKind, Payload),
 }
 
 /// One WebSocket connection's protocol state, for either role.
@@ -308,6 +321,9 @@ impl Default for Rare {
         }
     }
 }
+
+/// RSV1 in the frame header's `rsv` bits: permessage-deflate's "compressed" flag.
+const RSV1: u8 = 0b100;
 
 /// Assembly buffers that grew past this are freed after their message, not kept: an idle
 /// connection should not pin a large allocation. Why 64 KiB: covers typical messages with no
@@ -474,6 +490,10 @@ impl Connection {
                 first,
                 last,
             },
+            RawEvent::Compressed(kind, s) => Event::Compressed {
+                kind,
+                data: bytes(s),
+            },
             RawEvent::Ping(s) => Event::Ping(bytes(s)),
             RawEvent::Pong(s) => Event::Pong(bytes(s)),
             // The reason was validated as UTF-8 when the frame was parsed.
@@ -524,6 +544,14 @@ impl Connection {
             };
             let h = chunk.header;
             let range = chunk.payload;
+            // RSV1 passes the decoder only once permessage-deflate is on, and then only on the
+            // first frame of a data message (RFC 7692 section 6).
+            if chunk.first
+                && h.rsv & RSV1 != 0
+                && (h.opcode.is_control() || h.opcode == OpCode::Continuation)
+            {
+                return Err(ProtocolError::CompressedBitMisplaced);
+            }
             if h.opcode.is_control() {
                 let src = if chunk.first && chunk.last {
                     Payload::Buf(range)
@@ -563,6 +591,7 @@ impl Connection {
                             kind,
                             len: 0,
                             delivered: false,
+                            compressed: h.rsv & RSV1 != 0,
                         })
                     }
                 };
@@ -574,6 +603,22 @@ impl Connection {
             let msg = self.msg.as_mut().expect("data chunk inside a message");
             let kind = msg.kind;
             let done = chunk.last && h.fin;
+            if msg.compressed {
+                // Held whole (its compressed size bounded by the message limit), inflated by
+                // the caller, whose inflater may serve many connections one message at a time.
+                let single = done && chunk.first && h.opcode != OpCode::Continuation;
+                if single {
+                    self.msg = None;
+                    return Ok(Some(RawEvent::Compressed(kind, Payload::Buf(range))));
+                }
+                self.assembly.extend_from_slice(&buf[range]);
+                if done {
+                    self.msg = None;
+                    self.assembly_delivered = true;
+                    return Ok(Some(RawEvent::Compressed(kind, Payload::Assembly)));
+                }
+                continue;
+            }
             if kind == DataKind::Text {
                 self.utf8.feed(&buf[range.clone()])?;
                 if done {
@@ -655,6 +700,54 @@ impl Connection {
                 Ok(RawEvent::Close(code, src))
             }
         }
+    }
+
+    /// Accept RSV1 on the first frame of data messages: permessage-deflate was negotiated.
+    /// Compressed messages then come whole as [`RawEvent::Compressed`], whatever the
+    /// [`Delivery`].
+    pub fn enable_deflate(&mut self) {
+        self.decoder.set_allowed_rsv(RSV1);
+    }
+
+    /// Check an inflated message: text must be UTF-8. On failure (or with `Err` from
+    /// inflating, passed in as `inflated`), the connection is failed as
+    /// [`read_event`](Self::read_event) fails it: the close with the error's code is queued
+    /// and further input is discarded.
+    pub fn check_inflated(
+        &mut self,
+        kind: DataKind,
+        inflated: Result<&[u8], ProtocolError>,
+    ) -> Result<(), ProtocolError> {
+        let r = inflated.and_then(|data| match kind {
+            DataKind::Text if simdutf8::basic::from_utf8(data).is_err() => {
+                Err(ProtocolError::InvalidUtf8)
+            }
+            _ => Ok(()),
+        });
+        if let Err(e) = r {
+            self.fail(e);
+        }
+        r
+    }
+
+    /// The header of a compressed data frame (RSV1 set on the first frame of a message) of
+    /// `len` bytes, masked for a client.
+    pub fn compressed_data_head(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        len: u64,
+    ) -> Result<(FrameHead, Option<[u8; 4]>), SendError> {
+        if !self.can_send() {
+            return Err(SendError::Closing);
+        }
+        let key = self.mask_key();
+        let rsv = if opcode == OpCode::Continuation {
+            0
+        } else {
+            RSV1
+        };
+        Ok((FrameHead::with_rsv(fin, rsv, opcode, len, key), key))
     }
 
     /// Fail the connection: queue a close with the error's code, unless a close was already

@@ -39,17 +39,24 @@ pub enum ProtocolError {
     InvalidUtf8,
     /// A frame longer than the configured maximum (1009).
     FrameTooLarge,
-    /// A message longer than the configured maximum (1009).
+    /// A message longer than the configured maximum (1009), or a compressed one that inflates
+    /// past it.
     MessageTooLarge,
+    /// RSV1 (permessage-deflate's "compressed" bit) on a control frame or a continuation frame
+    /// (1002, RFC 7692 section 6).
+    CompressedBitMisplaced,
+    /// A compressed message whose data is not valid deflate (1007: the payload is invalid; RFC
+    /// 7692 only says to fail the connection).
+    BadCompressedData,
 }
 
 impl ProtocolError {
     /// The close code this error sends.
     pub const fn close_code(self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCloseReason => {
-                CloseCode::INVALID_PAYLOAD
-            }
+            ProtocolError::InvalidUtf8
+            | ProtocolError::InvalidCloseReason
+            | ProtocolError::BadCompressedData => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooLarge | ProtocolError::MessageTooLarge => {
                 CloseCode::MESSAGE_TOO_BIG
             }
@@ -76,6 +83,8 @@ impl ProtocolError {
             ProtocolError::InvalidUtf8 => "text not UTF-8",
             ProtocolError::FrameTooLarge => "frame too large",
             ProtocolError::MessageTooLarge => "message too large",
+            ProtocolError::CompressedBitMisplaced => "RSV1 on a control or continuation frame",
+            ProtocolError::BadCompressedData => "invalid compressed data",
         }
     }
 }

@@ -329,6 +329,29 @@ impl<'b> Upgrade<'b> {
     pub fn write_accept(&self, out: &mut Vec<u8>, protocol: Option<&str>) {
         write_accept(out, self.key, protocol);
     }
+
+    /// [`write_accept`](Self::write_accept) with a `Sec-WebSocket-Extensions` response value
+    /// (the negotiated extension, e.g. from [`crate::deflate::Agreed::response_value`]).
+    pub fn write_accept_with_extensions(
+        &self,
+        out: &mut Vec<u8>,
+        protocol: Option<&str>,
+        extensions: Option<&str>,
+    ) {
+        write_accept(out, self.key, protocol);
+        if let Some(e) = extensions {
+            // Insert before the blank line that ends the head.
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+            out.extend_from_slice(e.as_bytes());
+            out.extend_from_slice(b"\r\n\r\n");
+        }
+    }
+
+    /// The raw `Sec-WebSocket-Extensions` header values, one per header line.
+    pub fn extension_headers(&self) -> impl Iterator<Item = &'b [u8]> + '_ {
+        self.request.header_all("sec-websocket-extensions")
+    }
 }
 
 /// Validate a request that [`Request::wants_websocket`] as an RFC 6455 upgrade.

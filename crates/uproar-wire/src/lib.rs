@@ -39,6 +39,7 @@
 pub mod close;
 pub mod conn;
 pub mod decode;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

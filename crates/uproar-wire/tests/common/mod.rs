@@ -39,6 +39,7 @@ fn own(e: Event<'_>) -> Ev {
         },
         Event::Ping(p) => Ev::Ping(p.to_vec()),
         Event::Pong(p) => Ev::Pong(p.to_vec()),
+        Event::Compressed { .. } => unreachable!("permessage-deflate is not enabled here"),
         Event::Close { code, reason } => Ev::Close(code.0, reason.to_owned()),
     }
 }
