@@ -7,7 +7,7 @@ use uproar::{Driver, Rejection, WorkerStats};
 type Field = fn(&WorkerStats) -> u64;
 
 /// (name, type, help, value) of every series but the rejections.
-const SERIES: [(&str, &str, &str, Field); 13] = [
+const SERIES: [(&str, &str, &str, Field); 19] = [
     (
         "uproar_connections",
         "gauge",
@@ -85,6 +85,42 @@ const SERIES: [(&str, &str, &str, Field); 13] = [
         "counter",
         "Connections closed as slow consumers (close policy), fan-out and direct sends.",
         |s| s.slow_closes,
+    ),
+    (
+        "uproar_deflate_messages_compressed_total",
+        "counter",
+        "Messages sent compressed (permessage-deflate), per delivery.",
+        |s| s.deflate_compressed,
+    ),
+    (
+        "uproar_deflate_messages_plain_total",
+        "counter",
+        "Messages sent uncompressed to clients that negotiated permessage-deflate (small or opted out).",
+        |s| s.deflate_plain,
+    ),
+    (
+        "uproar_deflate_bytes_before_total",
+        "counter",
+        "Payload bytes of compressed messages before compression, per delivery.",
+        |s| s.deflate_bytes_before,
+    ),
+    (
+        "uproar_deflate_bytes_after_total",
+        "counter",
+        "Payload bytes of compressed messages after compression, per delivery.",
+        |s| s.deflate_bytes_after,
+    ),
+    (
+        "uproar_inflate_errors_corrupt_total",
+        "counter",
+        "Received compressed messages that were not valid deflate (closed 1007).",
+        |s| s.inflate_corrupt,
+    ),
+    (
+        "uproar_inflate_errors_too_big_total",
+        "counter",
+        "Received compressed messages that inflated past the message limit (closed 1009).",
+        |s| s.inflate_too_big,
     ),
 ];
 

@@ -25,9 +25,19 @@ fn demo_page_in_headless_chromium() {
         eprintln!("skipped: needs chromium and python3 with websockets");
         return;
     }
+    // Without compression, then with permessage-deflate in both modes (Chromium always
+    // offers it; every message compressed, however small).
+    for deflate in ["off", "shared", "dedicated"] {
+        demo_page(deflate);
+    }
+}
+
+fn demo_page(deflate: &str) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_uproar"));
     cmd.env("RUST_LOG", "warn")
-        .env("UPROAR_SHUTDOWN_GRACE", "300ms");
+        .env("UPROAR_SHUTDOWN_GRACE", "300ms")
+        .env("UPROAR_DEFLATE", deflate)
+        .env("UPROAR_DEFLATE_MIN_SIZE", "0");
     let ex = run_command(cmd, &["--threads", "2"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/demo_page.py");
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo_page.png");
@@ -48,5 +58,19 @@ fn demo_page_in_headless_chromium() {
         std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
         "a screenshot was taken"
     );
+    let (_, _, metrics) = http(ex.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let compressed: f64 = String::from_utf8_lossy(&metrics)
+        .lines()
+        .filter(|l| l.starts_with("uproar_deflate_messages_compressed_total{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    if deflate == "off" {
+        assert_eq!(compressed, 0.0);
+    } else {
+        assert!(
+            compressed > 0.0,
+            "Chromium negotiated permessage-deflate ({deflate})"
+        );
+    }
     ex.stop_with_sigterm();
 }

@@ -280,6 +280,8 @@ pub struct Connection {
     now: Option<Instant>,
     last_input: Option<Instant>,
     ping_outstanding: bool,
+    /// permessage-deflate: 0 off, else the window bits this side compresses with.
+    deflate_bits: u8,
     rng: u64,
 }
 
@@ -363,6 +365,7 @@ impl Connection {
             now: None,
             last_input: None,
             ping_outstanding: false,
+            deflate_bits: 0,
             // xorshift needs a non-zero state.
             rng: seed | 1,
         }
@@ -702,11 +705,17 @@ impl Connection {
         }
     }
 
-    /// Accept RSV1 on the first frame of data messages: permessage-deflate was negotiated.
-    /// Compressed messages then come whole as [`RawEvent::Compressed`], whatever the
-    /// [`Delivery`].
-    pub fn enable_deflate(&mut self) {
+    /// Accept RSV1 on the first frame of data messages: permessage-deflate was negotiated,
+    /// and this side compresses with a window of at most `window_bits` (8-15). Compressed
+    /// messages then come whole as [`RawEvent::Compressed`], whatever the [`Delivery`].
+    pub fn enable_deflate(&mut self, window_bits: u8) {
         self.decoder.set_allowed_rsv(RSV1);
+        self.deflate_bits = window_bits.clamp(8, 15);
+    }
+
+    /// The window this side may compress with, if permessage-deflate was negotiated.
+    pub fn deflate_window(&self) -> Option<u8> {
+        (self.deflate_bits != 0).then_some(self.deflate_bits)
     }
 
     /// Check an inflated message: text must be UTF-8. On failure (or with `Err` from

@@ -24,7 +24,7 @@ fn rframe(fin: bool, rsv: u8, op: OpCode, payload: &[u8]) -> Vec<u8> {
 fn server(deflate: bool) -> Connection {
     let mut c = Connection::server(Config::default());
     if deflate {
-        c.enable_deflate();
+        c.enable_deflate(15);
     }
     c
 }

@@ -9,7 +9,7 @@
 //! `--max-buffered-bytes BYTES`, `--max-connections N`, `--recv-buffer-size BYTES`,
 //! `--recv-buffers N`, `--idle-timeout-ms MS`, `--handshake-timeout-ms MS`,
 //! `--close-timeout-ms MS`, `--driver auto|io-uring|epoll` (default: `UPROAR_DRIVER`, else
-//! auto). It prints `listening on ADDR` once ready, and stops gracefully
+//! auto), `--deflate off|shared|dedicated` (permessage-deflate; default off). It prints `listening on ADDR` once ready, and stops gracefully
 //! when its standard input reaches end of file if started with `--stop-on-eof`.
 
 use std::io::Read as _;
@@ -48,6 +48,7 @@ fn main() {
             "--listen" => b.listen(val().parse().expect("--listen IP:PORT")),
             "--threads" => b.threads(num(val()) as usize),
             "--driver" => b.driver(val().parse().unwrap_or_else(|e| panic!("--driver: {e}"))),
+            "--deflate" => b.deflate(val().parse().unwrap_or_else(|e| panic!("--deflate: {e}"))),
             "--max-message-size" => b.max_message_size(num(val())),
             "--max-buffered-bytes" => b.max_buffered_bytes(num(val()) as usize),
             "--max-connections" => b.max_connections(num(val()) as usize),

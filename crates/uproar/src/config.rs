@@ -61,6 +61,47 @@ impl std::str::FromStr for Driver {
     }
 }
 
+/// permessage-deflate (RFC 7692): whether and how messages are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Deflate {
+    /// Nothing offered is accepted. The engine's default: compression costs CPU, and whether
+    /// it pays depends on the traffic.
+    Off,
+    /// For broadcast: every accepted offer is answered with no context takeover both ways, so
+    /// one compressor and one inflater per worker serve every connection (an idle connection
+    /// holds no deflate memory) and a published message is compressed once per worker.
+    Shared,
+    /// For small repetitive messages (chat, echo): a compressor and an inflater per
+    /// connection, with context takeover, made on first use.
+    Dedicated,
+}
+
+impl Deflate {
+    /// `off`, `shared`, `dedicated`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Deflate::Off => "off",
+            Deflate::Shared => "shared",
+            Deflate::Dedicated => "dedicated",
+        }
+    }
+}
+
+impl std::str::FromStr for Deflate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Deflate, String> {
+        match s {
+            "off" => Ok(Deflate::Off),
+            "shared" => Ok(Deflate::Shared),
+            "dedicated" => Ok(Deflate::Dedicated),
+            other => Err(format!(
+                "unknown deflate mode {other:?}: use off, shared or dedicated"
+            )),
+        }
+    }
+}
+
 /// Limits and sizes of a server. Build it with [`Server::builder`](crate::Server::builder).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -130,6 +171,19 @@ pub struct Config {
     /// Default false: a second server on a port in use is refused at start, never a silent
     /// split.
     pub reuse_port: bool,
+    /// permessage-deflate. Default [`Deflate::Off`].
+    pub deflate: Deflate,
+    /// Messages shorter than this go out uncompressed even to connections that negotiated
+    /// compression. Default 64 bytes: a sync-flushed deflate block carries a few bytes of
+    /// framing, so below this compression rarely saves bytes and always costs CPU.
+    pub deflate_min_size: usize,
+    /// The largest window a per-connection compressor uses in [`Deflate::Dedicated`] mode
+    /// (9-15 bits), also asked of clients that allow it. Default 11 (2 KiB): small messages
+    /// repeat within a few KiB, and a smaller window searches less.
+    pub deflate_window_bits: u8,
+    /// zlib's compression level (1-9). Default 6, zlib's own: in shared mode a message is
+    /// compressed once per worker, so the level's CPU is spread over every subscriber.
+    pub deflate_level: u8,
 }
 
 impl Default for Config {
@@ -154,6 +208,10 @@ impl Default for Config {
             ring_entries: 4096,
             backlog: 4096,
             reuse_port: false,
+            deflate: Deflate::Off,
+            deflate_min_size: 64,
+            deflate_window_bits: 11,
+            deflate_level: 6,
         }
     }
 }
@@ -175,6 +233,12 @@ impl Config {
         }
         if self.max_header_bytes < 256 {
             return Err(E("max_header_bytes must be at least 256"));
+        }
+        if !(9..=15).contains(&self.deflate_window_bits) {
+            return Err(E("deflate_window_bits must be 9 to 15"));
+        }
+        if !(1..=9).contains(&self.deflate_level) {
+            return Err(E("deflate_level must be 1 to 9"));
         }
         if self.ring_entries < 8 {
             return Err(E("ring_entries must be at least 8"));

@@ -97,10 +97,23 @@ pub(crate) enum State<C> {
 pub(crate) struct Ws<C> {
     pub(crate) proto: Connection,
     pub(crate) user: C,
-    /// The reason in the peer's close frame, if it had one. A thin pointer (not `Box<str>`):
-    /// every slot is 8 bytes smaller, and a close reason is rare.
-    #[allow(clippy::box_collection)]
-    pub(crate) peer_reason: Option<Box<String>>,
+    /// What few connections need, behind one thin pointer so every slot stays small.
+    pub(crate) extra: Option<Box<WsExtra>>,
+}
+
+/// The rarely needed part of a WebSocket's state.
+#[derive(Debug, Default)]
+pub(crate) struct WsExtra {
+    /// The reason in the peer's close frame, if it had one.
+    pub(crate) peer_reason: Option<String>,
+    /// Its own compressor and inflater (permessage-deflate, dedicated mode).
+    pub(crate) z: Option<crate::compress::ConnZ>,
+}
+
+impl<C> Ws<C> {
+    pub(crate) fn extra(&mut self) -> &mut WsExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::time::Instant;
 use uproar_pubsub::{Counters, OnFull, Outcome, Policy, Registry, Sink};
 use uproar_wire::{CloseCode, DataKind};
 
-use crate::config::{BackpressurePolicy, Config};
+use crate::compress::{self, WorkerZ, ZCounts};
+use crate::config::{BackpressurePolicy, Config, Deflate};
 use crate::conn::{Conn, Out, State, Ws};
 use crate::id::ConnId;
 use crate::mesh::{Remote, Shared};
@@ -36,6 +37,9 @@ pub struct Ctx<C> {
     pub(crate) websockets: u64,
     /// Bytes queued on this worker, summed once a second (a gauge).
     pub(crate) buffered_gauge: u64,
+    /// permessage-deflate: the worker's compressors and inflater, and counters.
+    pub(crate) z: WorkerZ,
+    pub(crate) zc: ZCounts,
 }
 
 impl<C> fmt::Debug for Ctx<C> {
@@ -75,6 +79,8 @@ impl<C> Ctx<C> {
             counts: Counts::default(),
             websockets: 0,
             buffered_gauge: 0,
+            z: WorkerZ::default(),
+            zc: ZCounts::default(),
         }
     }
 
@@ -100,6 +106,12 @@ impl<C> Ctx<C> {
             slow_closes: p.slow_closes + c.slow_closes,
             refused_inbox_full,
             refused_stopping,
+            deflate_compressed: self.zc.compressed,
+            deflate_plain: self.zc.plain,
+            deflate_bytes_before: self.zc.bytes_before,
+            deflate_bytes_after: self.zc.bytes_after,
+            inflate_corrupt: self.zc.inflate_corrupt,
+            inflate_too_big: self.zc.inflate_too_big,
         }
     }
 
@@ -200,6 +212,10 @@ impl<C> Ctx<C> {
         let mut sink = ConnSink {
             conns: &mut self.conns,
             dirty: &mut self.dirty,
+            z: &mut self.z,
+            zc: &mut self.zc,
+            opts: ZOpts::of(&self.cfg),
+            cache: Default::default(),
         };
         let out = self.registry.publish(topic, frame, &mut sink);
         self.counts.messages_out += out.delivered as u64;
@@ -266,27 +282,71 @@ impl<C> Ctx<C> {
         self.conns.get(id).map_or(0, Conn::buffered)
     }
 
-    /// Send a whole message to `id` (copied into its send buffer).
+    /// Send a whole message to `id` (copied into its send buffer; compressed if the
+    /// connection negotiated permessage-deflate and the message is not under
+    /// `deflate_min_size`).
     pub fn send(&mut self, id: ConnId, kind: DataKind, payload: &[u8]) -> SendStatus {
-        self.send_with(id, |ws, tx| {
-            let Ok((head, _)) = ws
-                .proto
-                .data_head(kind.opcode(), true, payload.len() as u64)
-            else {
-                return false;
+        self.send_message(id, kind, payload, true)
+    }
+
+    /// [`send`](Self::send), never compressed: for payloads compressed already.
+    pub fn send_uncompressed(&mut self, id: ConnId, kind: DataKind, payload: &[u8]) -> SendStatus {
+        self.send_message(id, kind, payload, false)
+    }
+
+    fn send_message(
+        &mut self,
+        id: ConnId,
+        kind: DataKind,
+        payload: &[u8],
+        compressible: bool,
+    ) -> SendStatus {
+        let opts = ZOpts::of(&self.cfg);
+        self.send_with(id, |ws, tx, z, zc| {
+            let mut out = std::mem::take(&mut z.scratch);
+            let sent = if compressible && opts.compress(ws, z, payload, &mut out) {
+                let head = ws
+                    .proto
+                    .compressed_data_head(kind.opcode(), true, out.len() as u64);
+                head.map(|(h, _)| {
+                    tx.push_copy(h.as_bytes(), &out);
+                    zc.count(payload.len(), out.len());
+                })
+            } else {
+                if ws.proto.deflate_window().is_some() {
+                    zc.plain += 1;
+                }
+                let head = ws
+                    .proto
+                    .data_head(kind.opcode(), true, payload.len() as u64);
+                head.map(|(h, _)| tx.push_copy(h.as_bytes(), payload))
             };
-            tx.push_copy(head.as_bytes(), payload);
-            true
+            z.scratch = out;
+            sent.is_ok()
         })
     }
 
-    /// Send a frame encoded once for many connections, by reference.
+    /// Send a frame encoded once for many connections, by reference (or, to a connection that
+    /// negotiated permessage-deflate, compressed for it).
     pub fn send_frame(&mut self, id: ConnId, frame: &Frame) -> SendStatus {
-        self.send_with(id, |ws, tx| {
+        let opts = ZOpts::of(&self.cfg);
+        self.send_with(id, |ws, tx, z, zc| {
             if !ws.proto.can_send() {
                 return false;
             }
-            tx.push_shared(frame.bytes.clone());
+            let payload = frame.payload();
+            let mut out = std::mem::take(&mut z.scratch);
+            if frame.compressible && opts.compress(ws, z, payload, &mut out) {
+                let head = compress::compressed_frame(frame.kind, &out);
+                tx.push_shared(head);
+                zc.count(payload.len(), out.len());
+            } else {
+                if ws.proto.deflate_window().is_some() {
+                    zc.plain += 1;
+                }
+                tx.push_shared(frame.bytes.clone());
+            }
+            z.scratch = out;
             true
         })
     }
@@ -294,7 +354,7 @@ impl<C> Ctx<C> {
     fn send_with(
         &mut self,
         id: ConnId,
-        push: impl FnOnce(&mut Ws<C>, &mut Tx) -> bool,
+        push: impl FnOnce(&mut Ws<C>, &mut Tx, &mut WorkerZ, &mut ZCounts) -> bool,
     ) -> SendStatus {
         let max = self.cfg.max_buffered_bytes;
         let policy = self.cfg.backpressure;
@@ -321,7 +381,7 @@ impl<C> Ctx<C> {
         let backlog = conn.out != Out::Idle;
         let tx = conn.tx.get_or_insert_with(Box::default);
         let before = tx.buffered;
-        if !push(ws, tx) {
+        if !push(ws, tx, &mut self.z, &mut self.zc) {
             return SendStatus::Dropped;
         }
         self.counts.messages_out += 1;
@@ -406,10 +466,64 @@ fn close_slow<C>(conn: &mut Conn<C>) -> bool {
     true
 }
 
+/// What compressing needs to know of the configuration (copied: `Config` sits behind an
+/// `Arc` the send path does not want to touch).
+#[derive(Clone, Copy)]
+struct ZOpts {
+    mode: Deflate,
+    min: usize,
+    level: u8,
+}
+
+impl ZOpts {
+    fn of(cfg: &Config) -> ZOpts {
+        ZOpts {
+            mode: cfg.deflate,
+            min: cfg.deflate_min_size,
+            level: cfg.deflate_level,
+        }
+    }
+
+    /// Compress `payload` for `ws` into `out`, if it negotiated permessage-deflate and the
+    /// message is not under the threshold; false: send it plain. A message is decided before
+    /// it meets a compressor, so one fed to a compressor that keeps its window always goes
+    /// out compressed.
+    fn compress<C>(
+        &self,
+        ws: &mut Ws<C>,
+        z: &mut WorkerZ,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(bits) = ws.proto.deflate_window() else {
+            return false;
+        };
+        if payload.len() < self.min {
+            return false;
+        }
+        out.clear();
+        match self.mode {
+            Deflate::Off => return false,
+            Deflate::Shared => z.deflater(bits, self.level).compress(payload, out),
+            Deflate::Dedicated => match ws.extra().z.as_mut() {
+                Some(cz) => cz.deflater(self.level).compress(payload, out),
+                None => return false,
+            },
+        }
+        true
+    }
+}
+
 /// The connections as pub/sub sees them.
 struct ConnSink<'a, C> {
     conns: &'a mut Slab<Conn<C>>,
     dirty: &'a mut Vec<ConnId>,
+    z: &'a mut WorkerZ,
+    zc: &'a mut ZCounts,
+    opts: ZOpts,
+    /// This message compressed (shared mode), per window size, made on first need: each
+    /// encoding at most once per message per worker; with its compressed payload's length.
+    cache: [Option<(bytes::Bytes, usize)>; 7],
 }
 
 impl<C> Sink<ConnId, Frame> for ConnSink<'_, C> {
@@ -421,13 +535,52 @@ impl<C> Sink<ConnId, Frame> for ConnSink<'_, C> {
         let Some(conn) = self.conns.get_mut(id) else {
             return Outcome::Gone;
         };
-        let State::Ws(ws) = &conn.state else {
+        let State::Ws(ws) = &mut conn.state else {
             return Outcome::Gone;
         };
         if !ws.proto.can_send() {
             return Outcome::Gone;
         }
-        conn.tx().push_shared(frame.bytes.clone());
+        let payload = frame.payload();
+        let negotiated = ws.proto.deflate_window();
+        let chunk = match negotiated {
+            Some(bits) if frame.compressible && payload.len() >= self.opts.min => {
+                match self.opts.mode {
+                    Deflate::Shared => {
+                        let i = usize::from(uproar_wire::deflate::effective_window_bits(bits) - 9);
+                        let (z, level) = (&mut *self.z, self.opts.level);
+                        let (bytes, n) = self.cache[i].get_or_insert_with(|| {
+                            let mut out = std::mem::take(&mut z.scratch);
+                            out.clear();
+                            z.deflater(bits, level).compress(payload, &mut out);
+                            let f = compress::compressed_frame(frame.kind, &out);
+                            let n = out.len();
+                            z.scratch = out;
+                            (f, n)
+                        });
+                        self.zc.count(payload.len(), *n);
+                        bytes.clone()
+                    }
+                    _ => {
+                        let mut out = std::mem::take(&mut self.z.scratch);
+                        let f = if self.opts.compress(ws, self.z, payload, &mut out) {
+                            self.zc.count(payload.len(), out.len());
+                            compress::compressed_frame(frame.kind, &out)
+                        } else {
+                            frame.bytes.clone()
+                        };
+                        self.z.scratch = out;
+                        f
+                    }
+                }
+            }
+            Some(_) => {
+                self.zc.plain += 1;
+                frame.bytes.clone()
+            }
+            None => frame.bytes.clone(),
+        };
+        conn.tx().push_shared(chunk);
         mark(self.dirty, conn, id);
         Outcome::Delivered
     }

@@ -37,6 +37,7 @@
 // Layers, each using only those above it: ids and buffers; messages and HTTP values; the
 // mesh; a connection's slot; the callbacks' context; the handler; the lifecycle; the
 // drivers; the server.
+mod compress;
 mod config;
 mod error;
 mod id;
@@ -69,7 +70,7 @@ pub mod sim;
 #[cfg(test)]
 mod sim_tests;
 
-pub use config::{BackpressurePolicy, Config, Driver};
+pub use config::{BackpressurePolicy, Config, Deflate, Driver};
 pub use ctx::Ctx;
 pub use error::Error;
 pub use handler::{Handler, WebSocket};

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use uproar_wire::handshake::{self, HandshakeError, Request};
-use uproar_wire::{CloseCode, Connection, Initiator, Payload, RawEvent};
+use uproar_wire::{CloseCode, Connection, DataKind, Initiator, Payload, ProtocolError, RawEvent};
 
-use crate::conn::{Conn, Out, Sock, State, Ws};
+use crate::compress;
+use crate::config::Deflate;
+use crate::conn::{Conn, Out, Sock, State, Ws, WsExtra};
 use crate::ctx::{Ctx, mark};
 use crate::handler::{Handler, WebSocket};
 use crate::http::{HttpRequest, Upgrade, UpgradeRequest};
@@ -450,15 +452,77 @@ fn ws_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, buf
                     ws.proto.restore_assembly(whole);
                 }
             }
+            RawEvent::Compressed(kind, p) => {
+                let assembly = matches!(p, Payload::Assembly).then(|| ws.proto.take_assembly());
+                let data = match (&p, &assembly) {
+                    (Payload::Buf(r), _) => &buf[r.clone()],
+                    (_, Some(a)) => &a[..],
+                    _ => &[][..],
+                };
+                let inflated = inflate_message(ctx, id, kind, data);
+                if let Some(conn) = ctx.conns.get_mut(id)
+                    && let State::Ws(ws) = &mut conn.state
+                {
+                    queue_control(&mut ws.proto, &mut conn.tx);
+                    if let Some(a) = assembly {
+                        ws.proto.restore_assembly(a);
+                    }
+                }
+                let Some(out) = inflated else {
+                    // Failed (1007 or 1009 queued); flush sends the close.
+                    return;
+                };
+                ctx.counts.messages_in += 1;
+                ctx.counts.bytes_in += out.len() as u64;
+                handler.on_message(&mut WebSocket { ctx, id }, Message::new(kind, &out));
+                ctx.z.restore_inflated(out);
+            }
             RawEvent::Close(_, p) => {
                 let reason = ws.proto.payload(&p, buf).get(2..).unwrap_or_default();
                 if !reason.is_empty() {
-                    ws.peer_reason = Some(Box::new(String::from_utf8_lossy(reason).into()));
+                    ws.extra().peer_reason = Some(String::from_utf8_lossy(reason).into());
                 }
             }
             // Pings are answered by the codec; pongs need nothing; whole-message delivery
             // yields no fragments and no message in the control buffer.
             _ => {}
+        }
+    }
+}
+
+/// Inflate a compressed message of `id` with the worker's inflater (shared mode) or the
+/// connection's own (dedicated), capped at the message limit, and check it; `None` if it
+/// failed (the connection is then failed with 1007 or 1009, and the failure counted).
+fn inflate_message<C>(
+    ctx: &mut Ctx<C>,
+    id: ConnId,
+    kind: DataKind,
+    data: &[u8],
+) -> Option<Vec<u8>> {
+    let limit = usize::try_from(ctx.cfg.max_message_size).unwrap_or(usize::MAX);
+    let mut out = std::mem::take(&mut ctx.z.inflated);
+    out.clear();
+    let conn = ctx.conns.get_mut(id)?;
+    let State::Ws(ws) = &mut conn.state else {
+        return None;
+    };
+    let r = match ctx.cfg.deflate {
+        Deflate::Dedicated => match ws.extra().z.as_mut() {
+            Some(cz) => compress::inflate(cz.inflater(), data, &mut out, limit),
+            None => Err(ProtocolError::BadCompressedData),
+        },
+        _ => compress::inflate(ctx.z.inflater(), data, &mut out, limit),
+    };
+    match r {
+        Err(ProtocolError::MessageTooLarge) => ctx.zc.inflate_too_big += 1,
+        Err(_) => ctx.zc.inflate_corrupt += 1,
+        Ok(()) => {}
+    }
+    match ws.proto.check_inflated(kind, r.map(|()| &out[..])) {
+        Ok(()) => Some(out),
+        Err(_) => {
+            ctx.z.restore_inflated(out);
+            None
         }
     }
 }
@@ -583,20 +647,29 @@ fn upgrade<H: Handler>(
             return http_fail(ctx, id, status, &format!("{reason}\n"));
         }
     };
+    // permessage-deflate: the first acceptable offer under the mode's policy, if any.
+    let agreed = compress::policy(&ctx.cfg).and_then(|p| p.negotiate(up.extension_headers()));
     let mut out = std::mem::take(&mut ctx.scratch);
     out.clear();
-    up.write_accept(&mut out, protocol);
+    let response = agreed.map(|a| a.response_value());
+    up.write_accept_with_extensions(&mut out, protocol, response.as_deref());
     ctx.queue_raw(id, &out);
     ctx.scratch = out;
-    let proto = Connection::server_shared(ctx.wire.clone());
+    let mut proto = Connection::server_shared(ctx.wire.clone());
+    let mut extra = None;
+    if let Some(a) = agreed {
+        proto.enable_deflate(a.server_max_window_bits);
+        if ctx.cfg.deflate == Deflate::Dedicated {
+            extra = Some(Box::new(WsExtra {
+                peer_reason: None,
+                z: Some(compress::ConnZ::new(a)),
+            }));
+        }
+    }
     let Some(conn) = ctx.conns.get_mut(id) else {
         return;
     };
-    conn.state = State::Ws(Ws {
-        proto,
-        user,
-        peer_reason: None,
-    });
+    conn.state = State::Ws(Ws { proto, user, extra });
     ctx.counts.upgrades += 1;
     ctx.websockets += 1;
     handler.on_open(&mut WebSocket { ctx, id });
@@ -656,15 +729,12 @@ fn close_ws<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, abo
     mark(&mut ctx.dirty, conn, id);
     ctx.leave_all(id);
     ctx.websockets -= 1;
-    let Ws {
-        proto,
-        user,
-        peer_reason,
-    } = ws;
+    let Ws { proto, user, extra } = ws;
     let info = proto.close_info();
+    let reason = extra.as_ref().and_then(|e| e.peer_reason.as_deref());
     let ev = CloseEvent {
         code: info.map_or(CloseCode::ABNORMAL, |c| c.code),
-        reason: peer_reason.as_deref().map_or("", |s| s.as_str()),
+        reason: reason.unwrap_or(""),
         initiator: info.map_or(Initiator::Remote, |c| c.initiator),
         clean: info.is_some_and(|c| c.sent && c.received),
     };

@@ -67,6 +67,11 @@ impl fmt::Debug for Message<'_> {
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub(crate) bytes: Bytes,
+    pub(crate) kind: DataKind,
+    /// Where the payload starts in `bytes`.
+    head_len: u8,
+    /// May be sent compressed to connections that negotiated permessage-deflate.
+    pub(crate) compressible: bool,
 }
 
 impl Frame {
@@ -76,12 +81,30 @@ impl Frame {
         let mut b = BytesMut::with_capacity(head.as_bytes().len() + payload.len());
         b.extend_from_slice(head.as_bytes());
         b.extend_from_slice(payload);
-        Frame { bytes: b.freeze() }
+        Frame {
+            bytes: b.freeze(),
+            kind,
+            head_len: head.as_bytes().len() as u8,
+            compressible: true,
+        }
     }
 
-    /// The encoded frame.
+    /// Never send this frame compressed, even to connections that negotiated
+    /// permessage-deflate: for payloads that are compressed already (images, protobuf of
+    /// random-looking bytes), where deflate would cost CPU and save nothing.
+    pub fn no_compression(mut self) -> Frame {
+        self.compressible = false;
+        self
+    }
+
+    /// The encoded frame (uncompressed).
     pub fn as_bytes(&self) -> &Bytes {
         &self.bytes
+    }
+
+    /// The payload.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.bytes[usize::from(self.head_len)..]
     }
 }
 

@@ -55,6 +55,14 @@ impl Builder {
         driver: Driver,
         /// See [`Config::reuse_port`].
         reuse_port: bool,
+        /// See [`Config::deflate`].
+        deflate: crate::Deflate,
+        /// See [`Config::deflate_min_size`].
+        deflate_min_size: usize,
+        /// See [`Config::deflate_window_bits`].
+        deflate_window_bits: u8,
+        /// See [`Config::deflate_level`].
+        deflate_level: u8,
         /// See [`Config::threads`].
         threads: usize,
         /// See [`Config::pin_threads`].

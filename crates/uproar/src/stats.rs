@@ -109,6 +109,20 @@ pub struct WorkerStats {
     /// Messages published elsewhere that this worker's inbox refused because the server was
     /// shutting down.
     pub refused_stopping: u64,
+    /// permessage-deflate: messages sent compressed (a shared encoding counts once per
+    /// subscriber it went to).
+    pub deflate_compressed: u64,
+    /// permessage-deflate: messages sent uncompressed to connections that negotiated it
+    /// (under the size threshold, or opted out).
+    pub deflate_plain: u64,
+    /// Payload bytes of the compressed messages before compression.
+    pub deflate_bytes_before: u64,
+    /// ... and after.
+    pub deflate_bytes_after: u64,
+    /// Received compressed messages that were not valid deflate (closed 1007).
+    pub inflate_corrupt: u64,
+    /// Received compressed messages that inflated past the message limit (closed 1009).
+    pub inflate_too_big: u64,
 }
 
 /// What the worker counts as it goes.
@@ -138,12 +152,20 @@ impl Counts {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Published {
-    values: [AtomicU64; 21],
+    values: [AtomicU64; 27],
 }
 
 impl Published {
     pub(crate) fn store(&self, s: &WorkerStats) {
-        let mut v = [0u64; 21];
+        let mut v = [0u64; 27];
+        v[21..].copy_from_slice(&[
+            s.deflate_compressed,
+            s.deflate_plain,
+            s.deflate_bytes_before,
+            s.deflate_bytes_after,
+            s.inflate_corrupt,
+            s.inflate_too_big,
+        ]);
         v[..13].copy_from_slice(&[
             s.connections,
             s.websockets,
@@ -159,7 +181,7 @@ impl Published {
             s.drops,
             s.slow_closes,
         ]);
-        v[13..].copy_from_slice(&s.rejections);
+        v[13..21].copy_from_slice(&s.rejections);
         for (a, x) in self.values.iter().zip(v) {
             a.store(x, Ordering::Relaxed);
         }
@@ -172,7 +194,7 @@ impl Published {
             .map(|a| a.load(Ordering::Relaxed))
             .collect();
         let mut rejections = [0u64; 8];
-        rejections.copy_from_slice(&v[13..]);
+        rejections.copy_from_slice(&v[13..21]);
         WorkerStats {
             connections: v[0],
             websockets: v[1],
@@ -190,6 +212,12 @@ impl Published {
             rejections,
             refused_inbox_full: 0,
             refused_stopping: 0,
+            deflate_compressed: v[21],
+            deflate_plain: v[22],
+            deflate_bytes_before: v[23],
+            deflate_bytes_after: v[24],
+            inflate_corrupt: v[25],
+            inflate_too_big: v[26],
         }
     }
 }

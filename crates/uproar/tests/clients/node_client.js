@@ -1,5 +1,6 @@
 // Drive an echo server with Node's `ws`: text and binary from 1 B to 1 MiB, a fragmented
-// message, ping/pong, and a clean close handshake. Prints "ok" and exits 0 on success.
+// message, ping/pong, and a clean close handshake; with a second argument `deflate`,
+// permessage-deflate offered and accepted. Prints "ok" and exits 0 on success.
 'use strict';
 const WebSocket = require('ws');
 const assert = require('assert');
@@ -16,9 +17,15 @@ function next(ws) {
   });
 }
 
-async function main(url) {
-  const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 64 << 20 });
+async function main(url, deflate) {
+  // perMessageDeflate: true offers it with ws's defaults (client_max_window_bits); threshold 0
+  // compresses every message, so small ones are exercised too.
+  const ws = new WebSocket(url, {
+    perMessageDeflate: deflate ? { threshold: 0 } : false,
+    maxPayload: 64 << 20,
+  });
   await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  assert.strictEqual(ws.extensions.includes('permessage-deflate'), deflate, `extensions: ${ws.extensions}`);
   for (const n of SIZES) {
     const text = n >= 3 ? 'x'.repeat(n - 2) + 'é' : 'x'.repeat(n);
     ws.send(text);
@@ -48,4 +55,4 @@ async function main(url) {
 }
 
 const timer = setTimeout(() => { console.error('timed out'); process.exit(2); }, 30000);
-main(process.argv[2]).then(() => clearTimeout(timer), (e) => { console.error(e); process.exit(1); });
+main(process.argv[2], process.argv[3] === 'deflate').then(() => clearTimeout(timer), (e) => { console.error(e); process.exit(1); });

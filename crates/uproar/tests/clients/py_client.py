@@ -1,5 +1,6 @@
 """Drive an echo server with Python's `websockets` (sync client): text and binary from 1 B to
-1 MiB, a fragmented message, ping/pong, and a clean close handshake. Exit 0 and print "ok" on
+1 MiB, a fragmented message, ping/pong, and a clean close handshake. With a second argument
+`deflate`, permessage-deflate is offered and must be accepted. Exit 0 and print "ok" on
 success; any mismatch raises."""
 import sys
 
@@ -8,8 +9,11 @@ from websockets.sync.client import connect
 SIZES = [1, 125, 126, 65535, 65536, 1 << 20]
 
 
-def main(url):
-    with connect(url, max_size=None, compression=None, open_timeout=10, close_timeout=10) as ws:
+def main(url, deflate=False):
+    compression = "deflate" if deflate else None
+    with connect(url, max_size=None, compression=compression, open_timeout=10, close_timeout=10) as ws:
+        ext = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+        assert ("permessage-deflate" in ext) == deflate, f"extensions: {ext!r}"
         for n in SIZES:
             # n bytes of UTF-8, with a two-byte code point at the end when there is room.
             text = "x" * n if n < 3 else "".join(chr(0x61 + i % 26) for i in range(n - 2)) + "é"
@@ -33,4 +37,4 @@ def main(url):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], deflate=sys.argv[2:] == ["deflate"])
