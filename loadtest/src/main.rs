@@ -28,6 +28,16 @@ struct Cli {
     /// No live progress line.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Offer permessage-deflate (as Chromium does: `client_max_window_bits`), compress what
+    /// is sent once it is negotiated, inflate what comes back; the report gives bytes on the
+    /// wire beside payload bytes.
+    #[arg(long, global = true)]
+    deflate: bool,
+    /// Payload filler after the sequence stamp: `pattern` (a repeated 8-byte pattern) or
+    /// `json` (JSON-like market ticks whose fields change per message: compressible like
+    /// real text, for measuring compression).
+    #[arg(long, global = true, default_value = "pattern", value_parser = ["pattern", "json"])]
+    payload: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -206,6 +216,8 @@ fn main() -> ExitCode {
         ),
     };
     let cfg = RunConfig {
+        deflate: cli.deflate,
+        json: cli.payload == "json",
         url,
         scenario,
         duration,

@@ -53,6 +53,58 @@ fn filler(seq: u64, source: u16) -> u64 {
     (seq ^ (u64::from(source) << 50)).wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0x7F7F_7F7F_7F7F_7F7F
 }
 
+/// JSON-like text after the stamp, with fields that change from message to message (market
+/// ticks), deterministic from the stamp: realistic for compression, checkable byte for byte.
+fn json_filler(out: &mut [u8], seq: u64, source: u16) {
+    let mut x = (seq ^ (u64::from(source) << 50)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut pos = 0;
+    let mut line = Vec::with_capacity(96);
+    while pos < out.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        line.clear();
+        let _ = std::io::Write::write_fmt(
+            &mut line,
+            format_args!(
+                "{{\"sym\":\"{}\",\"bid\":{}.{:02},\"ask\":{}.{:02},\"qty\":{},\"ts\":{}}},",
+                ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "META"][(x % 6) as usize],
+                100 + x % 400,
+                x % 100,
+                101 + x % 400,
+                (x >> 4) % 100,
+                (x >> 8) % 100,
+                1_700_000_000_000u64 + (x >> 20) % 1_000_000
+            ),
+        );
+        let n = line.len().min(out.len() - pos);
+        out[pos..pos + n].copy_from_slice(&line[..n]);
+        pos += n;
+    }
+}
+
+/// Append a payload of `size` bytes (at least [`STAMP_LEN`]) for `stamp` to `out`, with
+/// JSON-like text as filler (see [`json_filler`]).
+pub fn write_json(out: &mut Vec<u8>, size: usize, stamp: Stamp) {
+    let start = out.len();
+    write(out, size, stamp);
+    json_filler(&mut out[start + STAMP_LEN..], stamp.seq, stamp.source);
+}
+
+/// [`verify`] for a payload made by [`write_json`].
+pub fn verify_json(p: &[u8], size: usize) -> Result<Stamp, Corrupt> {
+    let s = stamp(p)?;
+    if p.len() != size {
+        return Err(Corrupt::WrongSize);
+    }
+    let mut want = vec![0u8; size - STAMP_LEN];
+    json_filler(&mut want, s.seq, s.source);
+    if p[STAMP_LEN..] != want[..] {
+        return Err(Corrupt::WrongBytes);
+    }
+    Ok(s)
+}
+
 /// Append a payload of `size` bytes (at least [`STAMP_LEN`]) for `stamp` to `out`.
 pub fn write(out: &mut Vec<u8>, size: usize, stamp: Stamp) {
     debug_assert!(size >= STAMP_LEN);
@@ -135,6 +187,36 @@ mod tests {
                 } else {
                     assert_eq!(got, Err(Corrupt::WrongBytes), "byte {i}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn json_payloads_round_trip_are_text_and_vary() {
+        for size in [16, 17, 100, 1024, 16 << 10] {
+            let st = Stamp {
+                source: 3,
+                seq: 77,
+                sent_ns: 42,
+            };
+            let mut v = Vec::new();
+            write_json(&mut v, size, st);
+            assert_eq!(v.len(), size);
+            assert!(std::str::from_utf8(&v).is_ok());
+            assert_eq!(verify_json(&v, size), Ok(st));
+            if size > STAMP_LEN {
+                let mut bad = v.clone();
+                bad[size - 1] ^= 1;
+                assert_eq!(verify_json(&bad, size), Err(Corrupt::WrongBytes));
+            }
+            if size >= 100 {
+                let mut other = Vec::new();
+                write_json(&mut other, size, Stamp { seq: 78, ..st });
+                assert_ne!(
+                    v[STAMP_LEN..],
+                    other[STAMP_LEN..],
+                    "fields change per message"
+                );
             }
         }
     }

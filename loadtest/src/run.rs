@@ -122,6 +122,10 @@ pub enum Scenario {
 /// A whole run's settings.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// Offer permessage-deflate and compress what is sent once it is negotiated.
+    pub deflate: bool,
+    /// JSON-like payload filler (compressible like real text) instead of a repeated pattern.
+    pub json: bool,
     /// `ws://host:port/path`.
     pub url: String,
     /// The scenario.
@@ -187,6 +191,13 @@ pub struct Report {
     pub server_rss_kib: Option<u64>,
     /// Connect: server RSS growth per open connection, KiB.
     pub rss_per_connection_kib: Option<f64>,
+    /// Connections that negotiated permessage-deflate (`--deflate`).
+    pub deflate_connections: u64,
+    /// Bytes received over the whole run as they came over the wire (frames, compressed or
+    /// not), beside the payload bytes of the messages they carried.
+    pub bytes_in_wire: u64,
+    /// Payload bytes of the messages received (inflated).
+    pub bytes_in_payload: u64,
 }
 
 /// A busiest-thread CPU share above this means the client may be the limit.
@@ -234,6 +245,9 @@ impl Report {
             "messages_per_server_cpu_sec": self.messages_per_server_cpu_sec,
             "server_rss_kib": self.server_rss_kib,
             "rss_per_connection_kib": self.rss_per_connection_kib,
+            "deflate_connections": self.deflate_connections,
+            "bytes_in_wire": self.bytes_in_wire,
+            "bytes_in_payload": self.bytes_in_payload,
         })
     }
 
@@ -263,6 +277,15 @@ impl Report {
         }
         if !self.connect_us.is_empty() {
             s += &format!("connect µs      {}\n", pct(&self.connect_us));
+        }
+        if self.bytes_in_payload > 0 {
+            s += &format!(
+                "bytes in        {} on the wire for {} of payload ({:.2}x); {} connections compressed\n",
+                self.bytes_in_wire,
+                self.bytes_in_payload,
+                self.bytes_in_wire as f64 / self.bytes_in_payload as f64,
+                self.deflate_connections
+            );
         }
         s += &format!(
             "verification    lost {}  duplicated {}  reordered {}  corrupt {}\n",
@@ -316,6 +339,8 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
         publishers: 0,
         raw_tcp: false,
         batch_window: Duration::ZERO,
+        deflate: cfg.deflate,
+        json: cfg.json,
     };
     let check_size = |size: usize| {
         if size < STAMP_LEN {
@@ -691,5 +716,8 @@ pub fn run(cfg: &RunConfig) -> Result<Report, String> {
         messages_per_server_cpu_sec: per_cpu_sec,
         server_rss_kib: rss_open.or(rss_end),
         rss_per_connection_kib: rss_per_conn,
+        deflate_connections: all.counters.deflate,
+        bytes_in_wire: all.counters.wire_in,
+        bytes_in_payload: all.counters.payload_in,
     })
 }

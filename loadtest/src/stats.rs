@@ -111,6 +111,12 @@ pub struct Counters {
     pub errors: u64,
     /// Connections opened (handshake complete).
     pub opened: u64,
+    /// Of those, connections that negotiated permessage-deflate.
+    pub deflate: u64,
+    /// Bytes read from open connections' sockets (frames as they came over the wire).
+    pub wire_in: u64,
+    /// Payload bytes of the messages received (inflated, for compressed ones).
+    pub payload_in: u64,
 }
 
 impl Counters {
@@ -124,6 +130,9 @@ impl Counters {
         self.lost += o.lost;
         self.errors += o.errors;
         self.opened += o.opened;
+        self.deflate += o.deflate;
+        self.wire_in += o.wire_in;
+        self.payload_in += o.payload_in;
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use uproar_wire::conn::{Config, Connection, Event};
+use uproar_wire::deflate::{Agreed, ClientBits, Deflater, Inflater, Offer, client_accepts};
 use uproar_wire::handshake::{ClientHandshake, random_bytes};
 use uproar_wire::{CloseCode, OpCode, mask};
 
@@ -55,6 +56,25 @@ pub(crate) struct Params {
     pub raw_tcp: bool,
     /// Closed loop: poll at most once per this window, so replies are read in batches.
     pub batch_window: Duration,
+    /// Offer permessage-deflate (as Chromium does); compress what is sent once negotiated.
+    pub deflate: bool,
+    /// Payload filler: JSON-like text instead of a repeated 8-byte pattern.
+    pub json: bool,
+}
+
+/// What Chromium offers.
+pub(crate) const DEFLATE_OFFER: Offer = Offer {
+    server_no_context_takeover: false,
+    client_no_context_takeover: false,
+    server_max_window_bits: None,
+    client_max_window_bits: ClientBits::Any,
+};
+
+/// A connection's permessage-deflate state once negotiated.
+struct ClientZ {
+    agreed: Agreed,
+    deflater: Option<Deflater>,
+    inflater: Inflater,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +104,7 @@ struct Client {
     outstanding: u64,
     trackers: Vec<SeqTracker>,
     slow_outcome: Option<String>,
+    z: Option<Box<ClientZ>>,
 }
 
 /// What one received event amounted to, with the borrow of the frame's bytes already ended.
@@ -173,6 +194,7 @@ impl Worker {
                     }
                 ],
                 slow_outcome: None,
+                z: None,
             })
             .collect();
         Ok(Worker {
@@ -378,22 +400,49 @@ impl Worker {
             Role::Publisher(p) => p,
             _ => (c.id & 0x3FFF) as u16,
         };
-        let Ok((head, key)) = c.ws.data_head(opcode, true, size as u64) else {
-            return;
+        let stamp = Stamp {
+            source,
+            seq: c.seq,
+            sent_ns,
         };
-        c.out.extend_from_slice(head.as_bytes());
-        let start = c.out.len();
-        payload::write(
-            &mut c.out,
-            size,
-            Stamp {
-                source,
-                seq: c.seq,
-                sent_ns,
-            },
-        );
-        if let Some(k) = key {
-            mask::unmask(&mut c.out[start..], k, 0);
+        let json = self.params.json;
+        let write = |out: &mut Vec<u8>| {
+            if json {
+                payload::write_json(out, size, stamp)
+            } else {
+                payload::write(out, size, stamp)
+            }
+        };
+        if let Some(z) = c.z.as_mut() {
+            // Compressed: the payload, deflated, behind an RSV1 header.
+            let mut plain = Vec::with_capacity(size);
+            write(&mut plain);
+            let a = z.agreed;
+            let d = z.deflater.get_or_insert_with(|| {
+                Deflater::new(a.client_max_window_bits, 8, 6, a.client_no_context_takeover)
+            });
+            let mut packed = Vec::with_capacity(size / 2 + 64);
+            d.compress(&plain, &mut packed);
+            let Ok((head, key)) = c.ws.compressed_data_head(opcode, true, packed.len() as u64)
+            else {
+                return;
+            };
+            c.out.extend_from_slice(head.as_bytes());
+            let start = c.out.len();
+            c.out.extend_from_slice(&packed);
+            if let Some(k) = key {
+                mask::unmask(&mut c.out[start..], k, 0);
+            }
+        } else {
+            let Ok((head, key)) = c.ws.data_head(opcode, true, size as u64) else {
+                return;
+            };
+            c.out.extend_from_slice(head.as_bytes());
+            let start = c.out.len();
+            write(&mut c.out);
+            if let Some(k) = key {
+                mask::unmask(&mut c.out[start..], k, 0);
+            }
         }
         c.seq += 1;
         c.outstanding += 1;
@@ -513,7 +562,13 @@ impl Worker {
         } else {
             &self.params.target
         };
-        c.hs.write_request(&mut c.out, &t.host, &t.path, &[], &[]);
+        let offer = uproar_wire::deflate::client_offer(&DEFLATE_OFFER);
+        let extra: &[(&str, &str)] = if self.params.deflate {
+            &[("Sec-WebSocket-Extensions", offer.as_str())]
+        } else {
+            &[]
+        };
+        c.hs.write_request(&mut c.out, &t.host, &t.path, &[], extra);
         c.phase = CPhase::Handshaking;
         self.flush(i);
     }
@@ -536,6 +591,9 @@ impl Worker {
                     break;
                 }
                 Ok(n) => {
+                    if c.phase == CPhase::Open {
+                        self.stats.counters.wire_in += n as u64;
+                    }
                     if !self.on_bytes(i, &mut rbuf[..n], now) || n < rbuf.len() {
                         // A short read drained the socket; data arriving later is a new
                         // edge-triggered event, so no read is spent just to see EAGAIN.
@@ -573,7 +631,32 @@ impl Worker {
                     return false;
                 }
                 Ok(Some(resp)) => {
-                    let mut rest = c.hs_buf.split_off(resp.head_len);
+                    let head_len = resp.head_len;
+                    let agreed = if self.params.deflate {
+                        client_accepts(&DEFLATE_OFFER, resp.extensions)
+                    } else if resp.extensions.is_some() {
+                        Err(uproar_wire::deflate::ResponseError::NotOffered)
+                    } else {
+                        Ok(None)
+                    };
+                    let agreed = match agreed {
+                        Ok(a) => a,
+                        Err(e) => {
+                            self.fail(i, format!("bad Sec-WebSocket-Extensions response: {e:?}"));
+                            return false;
+                        }
+                    };
+                    let c = &mut self.clients[i];
+                    if let Some(a) = agreed {
+                        c.ws.enable_deflate(a.client_max_window_bits);
+                        c.z = Some(Box::new(ClientZ {
+                            agreed: a,
+                            deflater: None,
+                            inflater: Inflater::new(a.server_no_context_takeover),
+                        }));
+                        self.stats.counters.deflate += 1;
+                    }
+                    let mut rest = c.hs_buf.split_off(head_len);
                     c.hs_buf = Vec::new();
                     c.phase = CPhase::Open;
                     self.connecting -= 1;
@@ -607,7 +690,16 @@ impl Worker {
     fn on_frames(&mut self, i: usize, data: &mut [u8], now: Instant) -> bool {
         let now_ns = self.ns(now);
         let size = self.params.size;
+        let json = self.params.json;
+        let check = |m: &[u8]| {
+            if json {
+                payload::verify_json(m, size).is_ok()
+            } else {
+                payload::verify(m, size).is_ok()
+            }
+        };
         let mut pos = 0;
+        let mut inflated = Vec::new();
         loop {
             let c = &mut self.clients[i];
             let reader = match c.rx.as_mut() {
@@ -615,12 +707,34 @@ impl Worker {
                 None => &mut c.ws,
             };
             let got = match reader.handle_read(data, &mut pos) {
-                Ok(Some(Event::Message { data: m, .. })) => match c.role {
-                    Role::Echo | Role::Subscriber { .. } => {
-                        Got::Msg(payload::stamp(m), payload::verify(m, size).is_ok())
+                Ok(Some(Event::Message { data: m, .. })) => {
+                    self.stats.counters.payload_in += m.len() as u64;
+                    match c.role {
+                        Role::Echo | Role::Subscriber { .. } => {
+                            Got::Msg(payload::stamp(m), check(m))
+                        }
+                        _ => Got::Other,
                     }
-                    _ => Got::Other,
-                },
+                }
+                Ok(Some(Event::Compressed { data: m, .. })) => {
+                    inflated.clear();
+                    let inf = c.z.as_mut().map(|z| &mut z.inflater);
+                    match inf.map(|inf| {
+                        inf.inflate(m, &mut inflated, 64 << 20)
+                            .and_then(|()| inf.finish(&mut inflated, 64 << 20))
+                    }) {
+                        Some(Ok(())) => {
+                            self.stats.counters.payload_in += inflated.len() as u64;
+                            match c.role {
+                                Role::Echo | Role::Subscriber { .. } => {
+                                    Got::Msg(payload::stamp(&inflated), check(&inflated))
+                                }
+                                _ => Got::Other,
+                            }
+                        }
+                        _ => Got::Failed("the server sent data that does not inflate".into()),
+                    }
+                }
                 Ok(Some(Event::Close { code, reason })) => Got::Close(code.0, reason.to_owned()),
                 Ok(Some(_)) => Got::Other,
                 Ok(None) => Got::End,

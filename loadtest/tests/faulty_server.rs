@@ -192,6 +192,8 @@ fn connection(id: usize, mut s: TcpStream, fault: Fault, subs: Subscribers) {
 
 fn echo_cfg(addr: SocketAddr, load: Load) -> RunConfig {
     RunConfig {
+        deflate: false,
+        json: false,
         url: format!("ws://{addr}/echo"),
         scenario: Scenario::Echo {
             connections: 4,
@@ -264,6 +266,8 @@ fn broadcast_verification_catches_faults_at_one_subscriber() {
     ] {
         let addr = serve(fault);
         let cfg = RunConfig {
+            deflate: false,
+            json: false,
             url: format!("ws://{addr}/ws/news"),
             scenario: Scenario::Broadcast {
                 subscribers: 5,
@@ -390,6 +394,9 @@ fn json_report_keys_are_stable() {
         "messages_per_server_cpu_sec",
         "server_rss_kib",
         "rss_per_connection_kib",
+        "deflate_connections",
+        "bytes_in_wire",
+        "bytes_in_payload",
     ]
     .into_iter()
     .collect();
@@ -414,6 +421,8 @@ fn json_report_keys_are_stable() {
 fn connect_scenario_opens_and_holds() {
     let addr = serve(Fault::None);
     let cfg = RunConfig {
+        deflate: false,
+        json: false,
         url: format!("ws://{addr}/echo"),
         scenario: Scenario::Connect {
             connections: 50,
@@ -472,6 +481,8 @@ fn raw_tcp_echo_mode() {
 fn slow_subscribers_are_reported_apart() {
     let addr = serve(Fault::None);
     let cfg = RunConfig {
+        deflate: false,
+        json: false,
         url: format!("ws://{addr}/ws/slow"),
         scenario: Scenario::Broadcast {
             subscribers: 5,

@@ -473,6 +473,9 @@ pub struct ClientResponse<'b> {
     pub protocol: Option<&'b str>,
     /// Length of the response head; WebSocket frames start there.
     pub head_len: usize,
+    /// The `Sec-WebSocket-Extensions` value, if the server sent one (check it with
+    /// [`crate::deflate::client_accepts`]).
+    pub extensions: Option<&'b [u8]>,
 }
 
 impl ClientHandshake {
@@ -561,6 +564,11 @@ impl ClientHandshake {
                 Some(p)
             }
         };
-        Ok(Some(ClientResponse { protocol, head_len }))
+        let extensions = find("sec-websocket-extensions").next();
+        Ok(Some(ClientResponse {
+            protocol,
+            head_len,
+            extensions,
+        }))
     }
 }
