@@ -747,15 +747,26 @@ impl Connection {
         fin: bool,
         len: u64,
     ) -> Result<(FrameHead, Option<[u8; 4]>), SendError> {
-        if !self.can_send() {
-            return Err(SendError::Closing);
-        }
-        let key = self.mask_key();
         let rsv = if opcode == OpCode::Continuation {
             0
         } else {
             RSV1
         };
+        self.head_with_rsv(opcode, fin, len, rsv)
+    }
+
+    /// A data frame's header with `rsv`, and the client's masking key; refused once closing.
+    fn head_with_rsv(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        len: u64,
+        rsv: u8,
+    ) -> Result<(FrameHead, Option<[u8; 4]>), SendError> {
+        if !self.can_send() {
+            return Err(SendError::Closing);
+        }
+        let key = self.mask_key();
         Ok((FrameHead::with_rsv(fin, rsv, opcode, len, key), key))
     }
 
@@ -850,11 +861,7 @@ impl Connection {
         fin: bool,
         len: u64,
     ) -> Result<(FrameHead, Option<[u8; 4]>), SendError> {
-        if !self.can_send() {
-            return Err(SendError::Closing);
-        }
-        let key = self.mask_key();
-        Ok((FrameHead::new(fin, opcode, len, key), key))
+        self.head_with_rsv(opcode, fin, len, 0)
     }
 
     /// The next control frame to send: pings and pongs first, the close frame last (nothing
