@@ -6,8 +6,10 @@
 #   SERVERS="uproar tungstenite fastwebsockets sockudo uring" SCENARIOS="echo20_c100_d1 ..." benches/compare.sh
 #
 # Servers: uproar (the uproar binary on the io_uring driver), uproar-epoll (the same on the
-# epoll driver), uproar-before (an older uproar binary named by UPROAR_BEFORE, for before/after
-# runs), and the peers: tungstenite, fastwebsockets, sockudo, uring (raw io_uring TCP echo).
+# epoll driver), uproar-z and uproar-zd (permessage-deflate, shared and dedicated mode),
+# uproar-before (an older uproar binary named by UPROAR_BEFORE, for before/after runs), and the
+# peers: tungstenite, fastwebsockets, sockudo, sockudo-z and sockudo-zd (sockudo-ws with its
+# shared and dedicated deflate), uring (raw io_uring TCP echo).
 #
 # Results: target/compare/<round>/<scenario>/<server>.json, table from benches/summarize.py.
 set -euo pipefail
@@ -41,6 +43,12 @@ scenario_args() {
         bcast20_s100) echo "broadcast --subscribers 100 --publishers 1 --rate 500 --size 20" ;;
         bcast20_s1000) echo "broadcast --subscribers 1000 --publishers 1 --rate 50 --size 20" ;;
         idle10k) echo "connect --connections 10000 --hold 2s" ;;
+        # permessage-deflate (the load generator offers it as Chromium does; whether it is
+        # negotiated is the server's choice, so a server without deflate is the plain baseline):
+        # 1 KiB JSON-like ticks with changing fields, broadcast at a fixed rate and echoed.
+        bcast1k_json_s1000_z) echo "broadcast --subscribers 1000 --publishers 1 --rate 50 --size 1024 --payload json --deflate" ;;
+        echo1k_json_c100_z) echo "echo --connections 100 --size 1024 --depth 1 --payload json --deflate" ;;
+        idle10k_z) echo "connect --connections 10000 --hold 2s --deflate" ;;
         *) echo "unknown scenario $1" >&2; exit 2 ;;
     esac
 }
@@ -61,6 +69,11 @@ start_server() {
         # for none).
         uproar) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         uproar-epoll) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver epoll --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        # permessage-deflate in uproar's two modes, and sockudo-ws's (its Shared and Dedicated).
+        uproar-z) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --deflate shared --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        uproar-zd) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --deflate dedicated --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        sockudo-z) taskset -c 0 "$bin/peer-sockudo" --deflate shared --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
+        sockudo-zd) taskset -c 0 "$bin/peer-sockudo" --deflate dedicated --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         uproar-before) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "${UPROAR_BEFORE:?set UPROAR_BEFORE to an older uproar binary}" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
     esac

@@ -38,14 +38,17 @@ def fmt(m, lo, hi, scale=1.0, digits=0):
     return f"{m / scale:,.{digits}f} [{lo / scale:,.{digits}f}-{hi / scale:,.{digits}f}]"
 
 
-print("| scenario | server | deliveries / server CPU-s | deliveries / s | p99 µs | server CPU-µs / msg | client CPU-µs / msg | server cores | client busiest thread | verified | rounds |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | server | deliveries / server CPU-s | deliveries / s | p99 µs | server CPU-µs / msg | client CPU-µs / msg | server cores | client busiest thread | verified | rounds | wire / payload bytes |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for (sc, sv), js in sorted(runs.items()):
     ok = [j for j in js if "failed" not in j]
+    # Bytes received on the wire per payload byte (below 1 with permessage-deflate).
+    ratio = med([j["bytes_in_wire"] / j["bytes_in_payload"] for j in ok if j.get("bytes_in_payload")])
     if sc.startswith("idle"):
         kib = med([j.get("rss_per_connection_kib") for j in ok])
         print(f"| {sc} | {sv} | RSS per idle connection: {fmt(*kib, digits=2)} KiB | | | | | | | "
-              f"{sum(1 for j in ok if j['errors'] == 0)}/{len(js)} | {len(js)} |")
+              f"{sum(1 for j in ok if j['errors'] == 0)}/{len(js)} | {len(js)} | "
+              f"{sum(1 for j in ok if j.get('deflate_connections'))}/{len(js)} negotiated deflate |")
         continue
     per = med([j.get("messages_per_server_cpu_sec") for j in ok])
     dps = med([j.get("deliveries_per_sec") for j in ok])
@@ -59,7 +62,7 @@ for (sc, sv), js in sorted(runs.items()):
     client_limit = not sat and any(j.get("client_max_thread_cpu", 0) > 0.9 for j in ok)
     note = " (both sat.)" if sat else " (client limit)" if client_limit else ""
     print(f"| {sc} | {sv} | {fmt(*per)} | {fmt(*dps)} | {fmt(*p99)} | {fmt(*s_us, digits=2)} | {fmt(*c_us, digits=2)} | {fmt(*scpu, digits=2)} | "
-          f"{fmt(*ccpu, digits=2)}{note} | {verified}/{len(js)} | {len(js)} |")
+          f"{fmt(*ccpu, digits=2)}{note} | {verified}/{len(js)} | {len(js)} | {fmt(*ratio, digits=3)} |")
 for (sc, sv), js in sorted(runs.items()):
     for j in js:
         if "failed" in j:
