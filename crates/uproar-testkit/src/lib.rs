@@ -27,22 +27,22 @@ pub enum Got {
 }
 
 #[derive(Debug)]
-pub struct Client {
-    pub stream: TcpStream,
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     pub conn: Connection,
     buf: Vec<u8>,
     got: std::collections::VecDeque<Got>,
 }
 
 /// Read an HTTP response head (and its body by Content-Length); returns (status, head, body).
-pub fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+pub fn read_response(stream: &mut impl Read) -> (u16, String, Vec<u8>) {
     let (status, head, body, _) = read_response_and_rest(stream);
     (status, head, body)
 }
 
 /// Like [`read_response`], also returning the bytes that arrived after the response (frames
 /// that followed a 101 in the same read).
-pub fn read_response_and_rest(stream: &mut TcpStream) -> (u16, String, Vec<u8>, Vec<u8>) {
+pub fn read_response_and_rest(stream: &mut impl Read) -> (u16, String, Vec<u8>, Vec<u8>) {
     let mut data = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -99,6 +99,8 @@ pub fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+pub mod tls;
+
 impl Client {
     pub fn connect(addr: SocketAddr, path: &str) -> Client {
         Self::connect_with(addr, path, &[]).expect("upgrade")
@@ -110,14 +112,26 @@ impl Client {
         path: &str,
         protocols: &[&str],
     ) -> Result<Client, (u16, String)> {
-        let mut stream = TcpStream::connect(addr).unwrap();
+        let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
+        Client::upgrade(stream, &addr.to_string(), path, protocols)
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// Upgrade over a connected stream (plain TCP, or TLS: [`tls::connect`]).
+    pub fn upgrade(
+        mut stream: S,
+        host: &str,
+        path: &str,
+        protocols: &[&str],
+    ) -> Result<Client<S>, (u16, String)> {
         let hs = ClientHandshake::new(random_bytes());
         let mut req = Vec::new();
-        hs.write_request(&mut req, &addr.to_string(), path, protocols, &[]);
+        hs.write_request(&mut req, host, path, protocols, &[]);
         stream.write_all(&req).unwrap();
         let (status, head, body, rest) = read_response_and_rest(&mut stream);
         if status != 101 {
@@ -206,7 +220,15 @@ impl Client {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Got::Eof,
                 Ok(n) => self.buf = chunk[..n].to_vec(),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Got::Eof,
+                // A TLS peer that closed without close_notify reads as UnexpectedEof.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return Got::Eof;
+                }
                 Err(e) => panic!("read: {e}"),
             }
         }

@@ -184,6 +184,9 @@ pub struct Config {
     /// zlib's compression level (1-9). Default 6, zlib's own: in shared mode a message is
     /// compressed once per worker, so the level's CPU is spread over every subscriber.
     pub deflate_level: u8,
+    /// TLS: with a configuration, the listener serves `https://` and `wss://` only. Default
+    /// none (plain `http://` and `ws://`): certificates are the operator's to give.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Default for Config {
@@ -212,6 +215,7 @@ impl Default for Config {
             deflate_min_size: 64,
             deflate_window_bits: 11,
             deflate_level: 6,
+            tls: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::message::{Frame, SendStatus};
 use crate::slab::Slab;
 use crate::stats::{Counts, WorkerStats};
 use crate::timer::{self, Wheel};
+use crate::tls::WorkerTls;
 use crate::tx::Tx;
 
 /// A worker's context, given to every callback: its connections, the time, its index.
@@ -40,6 +41,8 @@ pub struct Ctx<C> {
     /// permessage-deflate: the worker's compressors and inflater, and counters.
     pub(crate) z: WorkerZ,
     pub(crate) zc: ZCounts,
+    /// TLS: scratch buffers and counters.
+    pub(crate) tls: WorkerTls,
 }
 
 impl<C> fmt::Debug for Ctx<C> {
@@ -81,6 +84,7 @@ impl<C> Ctx<C> {
             buffered_gauge: 0,
             z: WorkerZ::default(),
             zc: ZCounts::default(),
+            tls: WorkerTls::default(),
         }
     }
 
@@ -112,6 +116,10 @@ impl<C> Ctx<C> {
             deflate_bytes_after: self.zc.bytes_after,
             inflate_corrupt: self.zc.inflate_corrupt,
             inflate_too_big: self.zc.inflate_too_big,
+            tls_handshakes: self.tls.counts.handshakes,
+            tls_handshake_failures: self.tls.counts.handshake_failures,
+            tls_errors: self.tls.counts.errors,
+            tls_plain_http: self.tls.counts.plain_http,
         }
     }
 

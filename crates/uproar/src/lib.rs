@@ -29,7 +29,8 @@
 //!
 //! The io_uring driver needs Linux 6.0 or later, 6.1 for the cheapest task-running mode; the
 //! default [`Driver::Auto`] falls back to epoll where it cannot run. See
-//! `docs/operations.md`. Not here yet: TLS, permessage-deflate.
+//! `docs/operations.md`. TLS ([`Builder::tls`]) and permessage-deflate ([`Builder::deflate`])
+//! work on both drivers.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -46,6 +47,7 @@ mod stats;
 #[allow(unsafe_code)]
 mod sys;
 mod timer;
+mod tls;
 mod tx;
 
 mod http;
@@ -79,5 +81,6 @@ pub use id::ConnId;
 pub use message::{CloseEvent, Frame, Message, SendStatus};
 pub use server::{Builder, Handle, Publisher, Server};
 pub use stats::{Rejection, WorkerStats};
+pub use tls::{TlsConfig, TlsError};
 pub use uproar_pubsub::Counters as PubSubCounters;
 pub use uproar_wire::{CloseCode, DataKind, Initiator};

@@ -28,6 +28,7 @@ use crate::id::ConnId;
 use crate::mesh::Shared;
 use crate::message::{CloseEvent, Message};
 use crate::timer;
+use crate::tls::Tls;
 
 /// What the lifecycle asks of its driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,15 +114,100 @@ impl<H: Handler> Lifecycle<H> {
             tracing::debug!("connection refused: max_connections reached");
             return Accepted::Refuse(&self.overloaded);
         }
+        let tls = match &ctx.shared.tls {
+            None => None,
+            Some(src) => match Tls::new(src.get()) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS connection state");
+                    ctx.shared.release_conn();
+                    return Accepted::Refuse(&[]);
+                }
+            },
+        };
         ctx.counts.accepted += 1;
         let deadline = ctx.deadline_in(ctx.cfg.handshake_timeout);
-        let id = ctx.conns.insert(Conn::new(sock, deadline));
+        let mut conn = Conn::new(sock, deadline);
+        conn.tls = tls;
+        let id = ctx.conns.insert(conn);
         ctx.touch(id);
         Accepted::Open(id)
     }
 
     /// Bytes arrived on `id`.
     pub(crate) fn received(&mut self, id: ConnId, buf: &mut [u8]) {
+        let Some(conn) = self.ctx.conns.get_mut(id) else {
+            return;
+        };
+        if conn.tls.is_some() {
+            self.tls_received(id, buf);
+        } else {
+            self.plain_received(id, buf);
+        }
+        self.ctx.touch(id);
+    }
+
+    /// Ciphertext arrived on a TLS connection: decrypt it (queueing the handshake's answers),
+    /// then go on with the plaintext.
+    fn tls_received(&mut self, id: ConnId, buf: &mut [u8]) {
+        let ctx = &mut self.ctx;
+        let Some(conn) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        let Some(tls) = conn.tls.as_mut() else {
+            return;
+        };
+        if matches!(conn.state, State::Linger { .. } | State::Dead { .. }) {
+            // Closing: what the peer still sends (its close_notify) is read and dropped.
+            return;
+        }
+        if tls.fresh && Tls::looks_like_http(buf) {
+            // Plain HTTP to the TLS port: a clear answer in plain text, then close.
+            tls.fresh = false;
+            tls.notify_sent = true;
+            let mut out = Vec::new();
+            handshake::write_response(
+                &mut out,
+                400,
+                &[],
+                b"this port speaks TLS: use https:// or wss://\n",
+            );
+            tls.push_raw(&out);
+            ctx.tls.counts.plain_http += 1;
+            ctx.counts.reject(400);
+            return linger(ctx, id);
+        }
+        let mut plain = std::mem::take(&mut ctx.tls.plain);
+        plain.clear();
+        let was_established = tls.established;
+        match tls.receive(buf, &mut plain) {
+            Err(e) => {
+                if was_established {
+                    ctx.tls.counts.errors += 1;
+                } else {
+                    ctx.tls.counts.handshake_failures += 1;
+                }
+                tracing::debug!(error = %e, "TLS connection failed");
+                ctx.tls.plain = plain;
+                abort(&mut self.handler, ctx, id);
+            }
+            Ok(got) => {
+                if got.established_now {
+                    ctx.tls.counts.handshakes += 1;
+                }
+                if !plain.is_empty() {
+                    self.plain_received(id, &mut plain);
+                }
+                if got.peer_closed {
+                    self.eof(id);
+                }
+                self.ctx.tls.plain = plain;
+            }
+        }
+    }
+
+    /// Plaintext arrived on `id`.
+    fn plain_received(&mut self, id: ConnId, buf: &mut [u8]) {
         let Some(conn) = self.ctx.conns.get_mut(id) else {
             return;
         };
@@ -134,7 +220,6 @@ impl<H: Handler> Lifecycle<H> {
             // Closing: what the peer still sends is read and dropped.
             State::Linger { .. } | State::Dead { .. } => {}
         }
-        self.ctx.touch(id);
     }
 
     /// The read armed by [`Command::Read`] has ended (it will complete no more); the next
@@ -171,9 +256,43 @@ impl<H: Handler> Lifecycle<H> {
     /// The next batch of `id`'s send queue, for a [`Command::Transmit`]: false if there is
     /// none (the connection went away or has nothing queued).
     pub(crate) fn take_batch(&mut self, id: ConnId, out: &mut Vec<Bytes>) -> bool {
-        let Some(conn) = self.ctx.conns.get_mut(id) else {
+        let ctx = &mut self.ctx;
+        let Some(conn) = ctx.conns.get_mut(id) else {
             return false;
         };
+        if let Some(tls) = &mut conn.tls {
+            // Encrypt only what goes out now: the rest stays plaintext, whole frames, which a
+            // slow consumer's close may still drop.
+            if tls.out_idle()
+                && tls.established
+                && let Some(tx) = &mut conn.tx
+                && tx.ready()
+            {
+                let chunks = &mut ctx.tls.chunks;
+                tx.take_batch(chunks);
+                let n = chunks.iter().map(Bytes::len).sum();
+                let r = tls.encrypt_chunks(chunks, &mut ctx.tls.joined);
+                tx.complete(chunks, n);
+                chunks.clear();
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "TLS encryption");
+                    ctx.tls.counts.errors += 1;
+                    conn.out = Out::Idle;
+                    abort(&mut self.handler, &mut self.ctx, id);
+                    return false;
+                }
+            }
+            return match &mut tls.out {
+                Some(c) if c.ready() => {
+                    c.take_batch(out);
+                    true
+                }
+                _ => {
+                    conn.out = Out::Idle;
+                    false
+                }
+            };
+        }
         match &mut conn.tx {
             Some(tx) if tx.ready() => {
                 tx.take_batch(out);
@@ -196,12 +315,21 @@ impl<H: Handler> Lifecycle<H> {
         };
         conn.out = if full { Out::Blocked } else { Out::Idle };
         let mut drained = false;
-        if let Some(tx) = &mut conn.tx {
-            tx.complete(chunks, written);
-            if tx.is_idle() && tx.wants_drain {
-                tx.wants_drain = false;
-                drained = matches!(conn.state, State::Ws(_));
+        match conn.tls.as_mut().and_then(|t| t.out.as_mut()) {
+            Some(cipher) => cipher.complete(chunks, written),
+            None => {
+                if let Some(tx) = &mut conn.tx {
+                    tx.complete(chunks, written);
+                }
             }
+        }
+        let idle = conn.tx_idle();
+        if let Some(tx) = &mut conn.tx
+            && idle
+            && tx.wants_drain
+        {
+            tx.wants_drain = false;
+            drained = matches!(conn.state, State::Ws(_));
         }
         chunks.clear();
         mark(&mut self.ctx.dirty, conn, id);
@@ -217,8 +345,13 @@ impl<H: Handler> Lifecycle<H> {
     pub(crate) fn send_failed(&mut self, id: ConnId, chunks: &mut Vec<Bytes>) {
         if let Some(conn) = self.ctx.conns.get_mut(id) {
             conn.out = Out::Idle;
-            if let Some(tx) = &mut conn.tx {
-                tx.complete(chunks, 0);
+            match conn.tls.as_mut().and_then(|t| t.out.as_mut()) {
+                Some(cipher) => cipher.complete(chunks, 0),
+                None => {
+                    if let Some(tx) = &mut conn.tx {
+                        tx.complete(chunks, 0);
+                    }
+                }
             }
         }
         chunks.clear();
@@ -379,7 +512,22 @@ impl<H: Handler> Lifecycle<H> {
             conn.reading = true;
             out.push(Command::Read(id, sock));
         }
-        if conn.out == Out::Idle && conn.tx.as_ref().is_some_and(|t| t.ready()) {
+        if let Some(tls) = &mut conn.tls
+            && let State::Linger { fin_sent: false } = conn.state
+        {
+            if !tls.established {
+                // Nothing can be encrypted: what was queued in plaintext is dropped.
+                conn.tx = None;
+            } else if !tls.notify_sent
+                && conn.out != Out::Sending
+                && conn.tx.as_ref().is_none_or(|t| t.is_idle())
+                && tls.out_idle()
+            {
+                // Our TLS close, after everything else and before our FIN.
+                tls.close_notify();
+            }
+        }
+        if conn.out == Out::Idle && conn.send_ready() {
             conn.out = Out::Sending;
             out.push(Command::Transmit(id, sock));
         }
@@ -387,6 +535,13 @@ impl<H: Handler> Lifecycle<H> {
         let tx_idle = conn.tx_idle() && !sending;
         if tx_idle && conn.tx.is_some() {
             conn.tx = None;
+        }
+        if let Some(tls) = &mut conn.tls
+            && !sending
+            && tls.out_idle()
+        {
+            // An idle TLS connection holds no ciphertext buffer.
+            tls.out = None;
         }
         let release = match &mut conn.state {
             State::Linger { fin_sent } => {
@@ -745,6 +900,9 @@ fn close_ws<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, abo
 /// shut the socket down by the flush that follows.
 fn dead<C>(conn: &mut Conn<C>) -> State<C> {
     conn.tx = None;
+    if let Some(tls) = &mut conn.tls {
+        tls.out = None;
+    }
     State::Dead { shut: false }
 }
 

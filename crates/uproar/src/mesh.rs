@@ -92,11 +92,14 @@ pub(crate) struct Shared {
     pub(crate) published_stats: Vec<Published>,
     /// Subscribers per topic over all workers of this node.
     topics: Mutex<HashMap<Box<str>, usize>>,
+    /// The TLS configuration new connections get, on a TLS listener.
+    pub(crate) tls: Option<crate::tls::TlsSource>,
 }
 
 impl Shared {
     pub(crate) fn new(config: Arc<Config>, driver: Driver, wakers: Vec<Waker>) -> Shared {
         let n = wakers.len();
+        let tls = config.tls.clone().map(crate::tls::TlsSource::new);
         Shared {
             config,
             driver,
@@ -108,6 +111,7 @@ impl Shared {
             refused: (0..n).map(|_| Default::default()).collect(),
             published_stats: (0..n).map(|_| Default::default()).collect(),
             topics: Mutex::new(HashMap::new()),
+            tls,
         }
     }
 

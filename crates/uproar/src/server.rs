@@ -44,6 +44,12 @@ impl Builder {
         self
     }
 
+    /// Serve TLS (`https://`, `wss://`) with this configuration; see [`Config::tls`].
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Builder {
+        self.config.tls = Some(tls);
+        self
+    }
+
     /// Replace the whole configuration.
     pub fn config(mut self, config: Config) -> Builder {
         self.config = config;
@@ -362,6 +368,19 @@ impl Handle {
     /// The driver the workers run (`IoUring` or `Epoll`, never `Auto`).
     pub fn driver(&self) -> Driver {
         self.shared.driver
+    }
+
+    /// Replace the TLS configuration (a renewed certificate): handshakes from now on use the
+    /// new one; open connections keep theirs. Fails with [`Error::Config`] if the server was
+    /// started without TLS.
+    pub fn reload_tls(&self, tls: crate::TlsConfig) -> Result<(), Error> {
+        match &self.shared.tls {
+            Some(src) => {
+                src.set(tls);
+                Ok(())
+            }
+            None => Err(Error::Config("the server was started without TLS")),
+        }
     }
 }
 

@@ -123,6 +123,15 @@ pub struct WorkerStats {
     pub inflate_corrupt: u64,
     /// Received compressed messages that inflated past the message limit (closed 1009).
     pub inflate_too_big: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS connections that failed before their handshake completed (garbage instead of a
+    /// ClientHello, no common version or suite, an oversized handshake).
+    pub tls_handshake_failures: u64,
+    /// TLS connections that failed after it (a bad or oversized record, failed decryption).
+    pub tls_errors: u64,
+    /// Plain-HTTP requests to a TLS listener (answered 400 in plain text and closed).
+    pub tls_plain_http: u64,
 }
 
 /// What the worker counts as it goes.
@@ -152,13 +161,19 @@ impl Counts {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Published {
-    values: [AtomicU64; 27],
+    values: [AtomicU64; 31],
 }
 
 impl Published {
     pub(crate) fn store(&self, s: &WorkerStats) {
-        let mut v = [0u64; 27];
-        v[21..].copy_from_slice(&[
+        let mut v = [0u64; 31];
+        v[27..].copy_from_slice(&[
+            s.tls_handshakes,
+            s.tls_handshake_failures,
+            s.tls_errors,
+            s.tls_plain_http,
+        ]);
+        v[21..27].copy_from_slice(&[
             s.deflate_compressed,
             s.deflate_plain,
             s.deflate_bytes_before,
@@ -218,6 +233,10 @@ impl Published {
             deflate_bytes_after: v[24],
             inflate_corrupt: v[25],
             inflate_too_big: v[26],
+            tls_handshakes: v[27],
+            tls_handshake_failures: v[28],
+            tls_errors: v[29],
+            tls_plain_http: v[30],
         }
     }
 }

@@ -48,6 +48,28 @@ impl Tx {
         self.buffered += head.len() + payload.len();
     }
 
+    /// Write up to `room` bytes in place with `f` (encryption into the ciphertext queue): `f`
+    /// returns how many it wrote, or fails and nothing is queued.
+    pub(crate) fn push_with<E>(
+        &mut self,
+        room: usize,
+        f: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let start = self.staging.len();
+        self.staging.resize(start + room, 0);
+        match f(&mut self.staging[start..]) {
+            Ok(n) => {
+                self.staging.truncate(start + n.min(room));
+                self.buffered += n.min(room);
+                Ok(n)
+            }
+            Err(e) => {
+                self.staging.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
     /// Queue an encoded frame by reference (no copy).
     pub(crate) fn push_shared(&mut self, frame: Bytes) {
         self.seal();
