@@ -6,11 +6,12 @@ mod metrics;
 mod units;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use uproar::{BackpressurePolicy, Deflate, Driver, Server};
+use uproar::{BackpressurePolicy, Deflate, Driver, Server, TlsConfig};
 
 use app::{App, Settings};
 use units::{parse_duration, parse_size};
@@ -137,9 +138,47 @@ struct Args {
     #[arg(long, env = "UPROAR_CLIENTS_CAN_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
     clients_can_publish: bool,
 
+    /// Certificate chain (PEM, leaf first) to serve TLS with: with --tls-key, --listen serves
+    /// https:// and wss:// only. Repeat the pair (or separate paths with commas) for several
+    /// certificates: each handshake gets the first valid for the name it asks for (SNI), or
+    /// the first. Reloaded on SIGHUP. Default none: plain http:// and ws://.
+    #[arg(
+        long,
+        env = "UPROAR_TLS_CERT",
+        value_delimiter = ',',
+        requires = "tls_key"
+    )]
+    tls_cert: Vec<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of each --tls-cert, in the same order.
+    #[arg(
+        long,
+        env = "UPROAR_TLS_KEY",
+        value_delimiter = ',',
+        requires = "tls_cert"
+    )]
+    tls_key: Vec<PathBuf>,
+
     /// Time given to clients to finish the close handshake on SIGTERM/SIGINT. Default 5s.
     #[arg(long, env = "UPROAR_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+}
+
+/// The TLS configuration from --tls-cert and --tls-key, paired in order.
+fn load_tls(certs: &[PathBuf], keys: &[PathBuf]) -> Result<TlsConfig, String> {
+    if certs.len() != keys.len() {
+        return Err(format!(
+            "{} --tls-cert but {} --tls-key: give one key per certificate",
+            certs.len(),
+            keys.len()
+        ));
+    }
+    let pairs: Vec<_> = certs
+        .iter()
+        .zip(keys)
+        .map(|(c, k)| (c.as_path(), k.as_path()))
+        .collect();
+    TlsConfig::from_pem_file_pairs(&pairs).map_err(|e| e.to_string())
 }
 
 fn parse_driver(s: &str) -> Result<Driver, String> {
@@ -193,11 +232,21 @@ fn main() {
     if let Some(t) = args.threads {
         b = b.threads(t);
     }
+    if !args.tls_cert.is_empty() {
+        match load_tls(&args.tls_cert, &args.tls_key) {
+            Ok(tls) => b = b.tls(tls),
+            Err(e) => {
+                eprintln!("uproar: TLS: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     // Handlers first: a SIGTERM that arrives once clients can connect (even before the thread
     // below reads it) must be a graceful shutdown, never the default action's abrupt exit.
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -214,19 +263,40 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let scheme = if args.tls_cert.is_empty() {
+        "http"
+    } else {
+        "https"
+    };
     println!("listening on {} ({})", server.local_addr(), server.driver());
-    tracing::info!(addr = %server.local_addr(), driver = %server.driver(),
-        "uproar is listening; open http://{}/ for the demo", server.local_addr());
+    tracing::info!(addr = %server.local_addr(), driver = %server.driver(), tls = scheme == "https",
+        "uproar is listening; open {scheme}://{}/ for the demo", server.local_addr());
     let handle = server.handle();
     let grace = args.shutdown_grace;
+    let (certs, keys) = (args.tls_cert.clone(), args.tls_key.clone());
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                if certs.is_empty() {
+                    tracing::info!("SIGHUP: no TLS certificate to reload");
+                    continue;
+                }
+                // New handshakes get the new certificate; a bad file keeps the old one.
+                match load_tls(&certs, &keys).map(|t| handle.reload_tls(t)) {
+                    Ok(Ok(())) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS reload"),
+                    Err(e) => tracing::error!(error = %e,
+                        "SIGHUP: TLS certificates not reloaded; serving the previous ones"),
+                }
+                continue;
+            }
             tracing::info!(
                 signal = sig,
                 ?grace,
                 "shutting down: closing every connection with 1001"
             );
             handle.shutdown(grace);
+            break;
         }
     });
     if let Err(e) = server.join() {

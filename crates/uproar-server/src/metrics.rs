@@ -7,7 +7,7 @@ use uproar::{Driver, Rejection, WorkerStats};
 type Field = fn(&WorkerStats) -> u64;
 
 /// (name, type, help, value) of every series but the rejections.
-const SERIES: [(&str, &str, &str, Field); 19] = [
+const SERIES: [(&str, &str, &str, Field); 23] = [
     (
         "uproar_connections",
         "gauge",
@@ -121,6 +121,30 @@ const SERIES: [(&str, &str, &str, Field); 19] = [
         "counter",
         "Received compressed messages that inflated past the message limit (closed 1009).",
         |s| s.inflate_too_big,
+    ),
+    (
+        "uproar_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed.",
+        |s| s.tls_handshakes,
+    ),
+    (
+        "uproar_tls_handshake_failures_total",
+        "counter",
+        "TLS connections that failed before the handshake completed (garbage, no common version or suite).",
+        |s| s.tls_handshake_failures,
+    ),
+    (
+        "uproar_tls_errors_total",
+        "counter",
+        "TLS connections that failed after the handshake (a bad or oversized record).",
+        |s| s.tls_errors,
+    ),
+    (
+        "uproar_tls_plain_http_total",
+        "counter",
+        "Plain-HTTP requests to the TLS port (answered 400 and closed).",
+        |s| s.tls_plain_http,
     ),
 ];
 

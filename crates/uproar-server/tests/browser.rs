@@ -28,12 +28,20 @@ fn demo_page_in_headless_chromium() {
     // Without compression, then with permessage-deflate in both modes (Chromium always
     // offers it; every message compressed, however small).
     for deflate in ["off", "shared", "dedicated"] {
-        demo_page(deflate);
+        demo_page(deflate, None);
     }
+    // Over https and wss, with a certificate from a test CA.
+    let ca = tls::TestCa::new("browser");
+    let cert = ca.server_cert("server", &["localhost", "127.0.0.1"]);
+    demo_page("shared", Some((&ca, &cert)));
 }
 
-fn demo_page(deflate: &str) {
+fn demo_page(deflate: &str, tls: Option<(&tls::TestCa, &tls::ServerCert)>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_uproar"));
+    if let Some((_, cert)) = tls {
+        cmd.env("UPROAR_TLS_CERT", &cert.cert)
+            .env("UPROAR_TLS_KEY", &cert.key);
+    }
     cmd.env("RUST_LOG", "warn")
         .env("UPROAR_SHUTDOWN_GRACE", "300ms")
         .env("UPROAR_DEFLATE", deflate)
@@ -41,7 +49,12 @@ fn demo_page(deflate: &str) {
     let ex = run_command(cmd, &["--threads", "2"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/demo_page.py");
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo_page.png");
-    let out = Command::new("python3")
+    let mut py = Command::new("python3");
+    match tls {
+        Some((ca, _)) => py.env("UPROAR_TEST_CA", ca.ca_pem()),
+        None => py.env_remove("UPROAR_TEST_CA"),
+    };
+    let out = py
         .arg(&script)
         .arg(ex.addr.to_string())
         .arg(&shot)
@@ -58,7 +71,14 @@ fn demo_page(deflate: &str) {
         std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
         "a screenshot was taken"
     );
-    let (_, _, metrics) = http(ex.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let metrics = match tls {
+        Some((ca, _)) => {
+            let mut t = tls::connect(ex.addr, "localhost", ca.client_config()).unwrap();
+            std::io::Write::write_all(&mut t, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            read_response(&mut t).2
+        }
+        None => http(ex.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").2,
+    };
     let compressed: f64 = String::from_utf8_lossy(&metrics)
         .lines()
         .filter(|l| l.starts_with("uproar_deflate_messages_compressed_total{"))

@@ -1,7 +1,10 @@
 """The demo page in a real browser: headless Chromium, driven over the DevTools protocol (with
 the `websockets` client, so no driver download is needed), opens the page, subscribes to a
 topic with the page's own form, shows a message published with POST /publish, and sends one
-that a second client receives. Prints "ok" and exits 0 on success.
+that a second client receives. Prints "ok" and exits 0 on success. With UPROAR_TEST_CA set (a
+CA's PEM file), the server speaks TLS: the page is opened over https:// (Chromium told to
+ignore certificate errors: its trust store lives in a profile database), the other clients
+trust that CA only.
 
     python3 demo_page.py HOST:PORT [SCREENSHOT.png]
 """
@@ -11,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -66,11 +70,14 @@ class Page:
 
 
 def main(base, screenshot=None):
+    ca = os.environ.get("UPROAR_TEST_CA")
+    tls = ssl.create_default_context(cafile=ca) if ca else None
+    http, ws = ("https", "wss") if ca else ("http", "ws")
     profile = tempfile.mkdtemp(prefix="uproar-chromium-")
     proc = subprocess.Popen(
         [browser_binary(), "--headless=new", "--no-sandbox", "--disable-gpu",
-         "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         "about:blank"],
+         "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={profile}"]
+        + (["--ignore-certificate-errors"] if ca else []) + ["about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # Chromium announces its DevTools endpoint on stderr.
@@ -85,7 +92,7 @@ def main(base, screenshot=None):
         targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
         page = Page(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
         page.call("Page.enable")
-        page.call("Page.navigate", url=f"http://{base}/")
+        page.call("Page.navigate", url=f"{http}://{base}/")
         wait_for("the page to load", lambda: page.js("document.readyState") == "complete"
                  and page.js("document.title") == "uproar")
         page.js("document.getElementById('topic').value = 'browser';"
@@ -93,10 +100,10 @@ def main(base, screenshot=None):
         wait_for("the subscription", lambda: page.js(
             "document.getElementById('status').textContent") == "subscribed to browser")
 
-        other = connect(f"ws://{base}/ws/browser?mode=sub", open_timeout=10)
-        req = urllib.request.Request(f"http://{base}/publish/browser", data=b"from a backend",
+        other = connect(f"{ws}://{base}/ws/browser?mode=sub", open_timeout=10, ssl=tls)
+        req = urllib.request.Request(f"{http}://{base}/publish/browser", data=b"from a backend",
                                      headers={"Content-Type": "text/plain"}, method="POST")
-        reply = json.load(urllib.request.urlopen(req))
+        reply = json.load(urllib.request.urlopen(req, context=tls))
         assert reply["topic"] == "browser", reply
         wait_for("the published message in the page", lambda: "from a backend" in page.log_lines())
         assert other.recv(timeout=10) == "from a backend"

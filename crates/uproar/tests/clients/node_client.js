@@ -1,7 +1,9 @@
 // Drive an echo server with Node's `ws`: text and binary from 1 B to 1 MiB, a fragmented
 // message, ping/pong, and a clean close handshake; with a second argument `deflate`,
-// permessage-deflate offered and accepted. Prints "ok" and exits 0 on success.
+// permessage-deflate offered and accepted. A wss:// URL trusts only the CA in the PEM file
+// UPROAR_TEST_CA names. Prints "ok" and exits 0 on success.
 'use strict';
+const fs = require('fs');
 const WebSocket = require('ws');
 const assert = require('assert');
 
@@ -23,6 +25,7 @@ async function main(url, deflate) {
   const ws = new WebSocket(url, {
     perMessageDeflate: deflate ? { threshold: 0 } : false,
     maxPayload: 64 << 20,
+    ca: url.startsWith('wss://') ? fs.readFileSync(process.env.UPROAR_TEST_CA) : undefined,
   });
   await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
   assert.strictEqual(ws.extensions.includes('permessage-deflate'), deflate, `extensions: ${ws.extensions}`);

@@ -1,7 +1,10 @@
 """Drive an echo server with Python's `websockets` (sync client): text and binary from 1 B to
 1 MiB, a fragmented message, ping/pong, and a clean close handshake. With a second argument
-`deflate`, permessage-deflate is offered and must be accepted. Exit 0 and print "ok" on
-success; any mismatch raises."""
+`deflate`, permessage-deflate is offered and must be accepted. A wss:// URL trusts only the
+CA in the PEM file UPROAR_TEST_CA names. Exit 0 and print "ok" on success; any mismatch
+raises."""
+import os
+import ssl
 import sys
 
 from websockets.sync.client import connect
@@ -9,9 +12,17 @@ from websockets.sync.client import connect
 SIZES = [1, 125, 126, 65535, 65536, 1 << 20]
 
 
+def tls_context(url):
+    """For wss://: a context that trusts the test CA only (and checks the host name)."""
+    if not url.startswith("wss://"):
+        return None
+    return ssl.create_default_context(cafile=os.environ["UPROAR_TEST_CA"])
+
+
 def main(url, deflate=False):
     compression = "deflate" if deflate else None
-    with connect(url, max_size=None, compression=compression, open_timeout=10, close_timeout=10) as ws:
+    with connect(url, max_size=None, compression=compression, open_timeout=10, close_timeout=10,
+                 ssl=tls_context(url)) as ws:
         ext = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
         assert ("permessage-deflate" in ext) == deflate, f"extensions: {ext!r}"
         for n in SIZES:
