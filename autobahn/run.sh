@@ -61,12 +61,12 @@ for p in "${parts[@]}"; do
 {"outdir": "./report", "servers": [{"agent": "uproar", "url": "ws://127.0.0.1:$port"}],
  "cases": $cases, "exclude-cases": $exclude, "exclude-agent-cases": {}}
 JSON
-    (cd "$out/$name" && timeout 1500 "$wstest" -m fuzzingclient -s fuzzingclient.json >wstest.log 2>&1) &
+    (cd "$out/$name" && timeout 2700 "$wstest" -m fuzzingclient -s fuzzingclient.json >wstest.log 2>&1) &
     pids+=($!)
 done
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || {
-        tail -20 "$out"/*/wstest.log
+        tail -n 20 "$out"/*/wstest.log
         echo "wstest failed ($driver, deflate $deflate)" >&2
         exit 1
     }

@@ -2,6 +2,7 @@
 //! them; backends publish over HTTP. See `uproar --help` and the README.
 
 mod app;
+mod auth;
 mod metrics;
 mod units;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use uproar::{BackpressurePolicy, Deflate, Driver, Server, TlsConfig};
 
-use app::{App, Settings};
+use app::{App, RateLimit, Settings};
 use units::{parse_duration, parse_size};
 
 #[global_allocator]
@@ -159,6 +160,43 @@ struct Args {
     )]
     tls_key: Vec<PathBuf>,
 
+    /// HS256 secret (at least 32 bytes) that WebSocket clients' JWTs are signed with. With it
+    /// (or --jwt-public-key) every upgrade needs a valid token (?token= or Authorization:
+    /// Bearer) whose `subscribe` and `publish` claims (topic patterns: exact, or a prefix
+    /// ending in *) cover the topic, and `exp` is enforced while connected (closed 1008
+    /// "token expired"). POST /publish also takes such a token. Default none: no auth.
+    #[arg(long, env = "UPROAR_JWT_SECRET")]
+    jwt_secret: Option<String>,
+
+    /// Public key (PEM file: RSA for RS256, EC for ES256, Ed25519 for EdDSA) that clients'
+    /// JWTs are signed with; see --jwt-secret.
+    #[arg(long, env = "UPROAR_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+
+    /// Clock difference allowed between a token's issuer and this server when checking `exp`
+    /// and `nbf`. Default 5s: a token issued "now" by a machine slightly ahead is not refused
+    /// as not yet valid, and an expired token lives at most 5 s longer.
+    #[arg(long, env = "UPROAR_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    jwt_leeway: Duration,
+
+    /// Most messages per second one client connection may send (a token bucket with a burst
+    /// of one second's worth). 0: no limit. Default 0: a broadcast server's own backends
+    /// often publish over WebSocket at high rates, so a limit is the operator's choice; set it
+    /// when clients are untrusted.
+    #[arg(long, env = "UPROAR_CLIENT_MAX_MESSAGES_PER_SEC", default_value_t = 0)]
+    client_max_messages_per_sec: u64,
+
+    /// Most payload bytes per second one client connection may send (a token bucket with a
+    /// burst of one second's worth; one message may overdraw it). 0: no limit. Default 0, for
+    /// the reason above.
+    #[arg(long, env = "UPROAR_CLIENT_MAX_BYTES_PER_SEC", default_value = "0B", value_parser = parse_size)]
+    client_max_bytes_per_sec: u64,
+
+    /// What happens to a client over its rate limit: close it with 1008 "rate limit" (default:
+    /// a clear answer), or drop its messages over the limit and count them.
+    #[arg(long, env = "UPROAR_CLIENT_RATE_LIMIT_POLICY", value_enum, default_value_t = Policy::Close)]
+    client_rate_limit_policy: Policy,
+
     /// Time given to clients to finish the close handshake on SIGTERM/SIGINT. Default 5s.
     #[arg(long, env = "UPROAR_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -205,10 +243,46 @@ fn main() {
         )
         .init();
     let args = Args::parse();
+    let auth = if args.jwt_secret.is_some() || args.jwt_public_key.is_some() {
+        let pem = match &args.jwt_public_key {
+            None => None,
+            Some(p) => match std::fs::read(p) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    eprintln!("uproar: --jwt-public-key {}: {e}", p.display());
+                    std::process::exit(1);
+                }
+            },
+        };
+        match auth::Auth::new(
+            args.jwt_secret.as_deref(),
+            pem.as_deref(),
+            args.jwt_leeway.as_secs(),
+        ) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("uproar: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
+    let rate = (args.client_max_messages_per_sec > 0 || args.client_max_bytes_per_sec > 0)
+        .then_some({
+            RateLimit {
+                messages: args.client_max_messages_per_sec as f64,
+                bytes: args.client_max_bytes_per_sec as f64,
+                close: matches!(args.client_rate_limit_policy, Policy::Close),
+            }
+        });
     let settings = Arc::new(Settings {
         allowed_origins: args.allowed_origins.clone(),
         publish_token: args.publish_token.clone(),
         clients_can_publish: args.clients_can_publish,
+        auth,
+        rate,
+        counters: Default::default(),
     });
     let mut b = Server::builder()
         .listen(args.listen)

@@ -2,7 +2,12 @@
 
 use std::fmt::Write as _;
 
+use std::sync::atomic::Ordering;
+
 use uproar::{Driver, Rejection, WorkerStats};
+
+use crate::app::Counters;
+use crate::auth::Denied;
 
 type Field = fn(&WorkerStats) -> u64;
 
@@ -148,7 +153,7 @@ const SERIES: [(&str, &str, &str, Field); 23] = [
     ),
 ];
 
-pub(crate) fn render(driver: Driver, workers: &[WorkerStats]) -> String {
+pub(crate) fn render(driver: Driver, workers: &[WorkerStats], server: &Counters) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -189,6 +194,44 @@ pub(crate) fn render(driver: Driver, workers: &[WorkerStats]) -> String {
         ] {
             let _ = writeln!(out, "{name}{{worker=\"{w}\",reason=\"{reason}\"}} {n}");
         }
+    }
+    // The server's own counters (over all workers).
+    let name = "uproar_auth_denied_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Upgrades and publishes refused (401) for their token, by reason.\n# TYPE {name} counter"
+    );
+    for d in Denied::ALL {
+        let n = server.auth_denied[d.index()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", d.label());
+    }
+    for (name, help, v) in [
+        (
+            "uproar_auth_forbidden_total",
+            "Subscribes and publishes a valid token did not allow (403, or 1008 for a message).",
+            &server.auth_forbidden,
+        ),
+        (
+            "uproar_token_expired_closes_total",
+            "Connections closed (1008) when their token expired.",
+            &server.token_expired_closes,
+        ),
+        (
+            "uproar_rate_limit_closes_total",
+            "Connections closed (1008) for publishing over the rate limit.",
+            &server.rate_limit_closes,
+        ),
+        (
+            "uproar_rate_limit_drops_total",
+            "Client messages dropped for going over the rate limit.",
+            &server.rate_limit_drops,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
     }
     out
 }

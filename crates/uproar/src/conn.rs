@@ -131,6 +131,8 @@ pub(crate) struct WsExtra {
     pub(crate) peer_reason: Option<String>,
     /// Its own compressor and inflater (permessage-deflate, dedicated mode).
     pub(crate) z: Option<crate::compress::ConnZ>,
+    /// Close with this code and reason at this time (an expiring credential).
+    pub(crate) close_at: Option<(std::time::Instant, uproar_wire::CloseCode, &'static str)>,
 }
 
 impl<C> Ws<C> {

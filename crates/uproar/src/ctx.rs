@@ -438,15 +438,38 @@ impl<C> Ctx<C> {
         };
         let t = match &conn.state {
             State::Http(_) | State::Linger { .. } => conn.deadline,
-            State::Ws(ws) => ws
-                .proto
-                .poll_timeout()
-                .map_or(timer::NONE, |d| self.wheel.tick_of(d)),
+            State::Ws(ws) => {
+                let close_at = ws.extra.as_ref().and_then(|e| e.close_at).map(|c| c.0);
+                [ws.proto.poll_timeout(), close_at]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map_or(timer::NONE, |d| self.wheel.tick_of(d))
+            }
             State::Dead { .. } => timer::NONE,
         };
         if t != timer::NONE && (conn.timer == timer::NONE || t < conn.timer) {
             conn.timer = self.wheel.insert_at(id, t);
         }
+    }
+
+    /// See [`WebSocket::close_at`](crate::WebSocket::close_at).
+    pub(crate) fn close_at(
+        &mut self,
+        id: ConnId,
+        at: Instant,
+        code: CloseCode,
+        reason: &'static str,
+    ) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let State::Ws(ws) = &mut conn.state else {
+            return;
+        };
+        ws.extra().close_at = Some((at, code, reason));
+        // Re-arm: the wheel keeps the earliest of the armed and the new deadline.
+        self.arm_timer(id);
     }
 
     /// The wheel tick `timeout` from now.

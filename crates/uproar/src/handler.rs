@@ -68,6 +68,13 @@ impl<'a, C> WebSocket<'a, C> {
         self.ctx.close(self.id, code, reason)
     }
 
+    /// Close with `code` and `reason` at `at` (within the timer's 100 ms resolution) unless it
+    /// has closed by then: a connection whose credential expires, say. A later call replaces
+    /// an earlier one.
+    pub fn close_at(&mut self, at: std::time::Instant, code: CloseCode, reason: &'static str) {
+        self.ctx.close_at(self.id, at, code, reason)
+    }
+
     /// Subscribe this connection to `topic`; false if it already was.
     pub fn subscribe(&mut self, topic: &str) -> bool {
         self.ctx.subscribe(self.id, topic)

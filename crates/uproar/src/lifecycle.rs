@@ -406,7 +406,18 @@ impl<H: Handler> Lifecycle<H> {
                     self.ctx.counts.reject(408);
                     http_fail(&mut self.ctx, id, 408, "request timeout\n");
                 }
-                State::Ws(ws) => ws.proto.handle_timeout(now),
+                State::Ws(ws) => {
+                    let due = ws
+                        .extra
+                        .as_ref()
+                        .and_then(|e| e.close_at)
+                        .filter(|c| now >= c.0);
+                    if let Some((_, code, reason)) = due {
+                        ws.extra().close_at = None;
+                        let _ = ws.proto.queue_close(code, reason);
+                    }
+                    ws.proto.handle_timeout(now);
+                }
                 State::Linger { .. } if due => abort(&mut self.handler, &mut self.ctx, id),
                 _ => {}
             }
@@ -817,6 +828,7 @@ fn upgrade<H: Handler>(
         if ctx.cfg.deflate == Deflate::Dedicated {
             extra = Some(Box::new(WsExtra {
                 peer_reason: None,
+                close_at: None,
                 z: Some(compress::ConnZ::new(a)),
             }));
         }
