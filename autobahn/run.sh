@@ -5,6 +5,7 @@
 #   autobahn/run.sh                              # groups 1-10 (permessage-deflate off)
 #   UPROAR_DEFLATE=shared autobahn/run.sh        # all 517 cases, groups 12-13 compressed
 #   UPROAR_DRIVER=epoll autobahn/run.sh          # against the epoll driver (default: auto)
+#   UPROAR_TLS=1 autobahn/run.sh                 # over wss:// (a throwaway self-signed cert)
 #   UPROAR_DEFLATE=shared UPDATE=1 autobahn/run.sh   # rewrite expected.json (review the diff!)
 #
 # needs `wstest` (pip install autobahntestsuite, Python 2.7); WSTEST may name it (default:
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 wstest=${WSTEST:-$(command -v wstest || echo "$HOME/.pyenv/versions/2.7.18/bin/wstest")}
 driver=${UPROAR_DRIVER:-auto}
 deflate=${UPROAR_DEFLATE:-off}
+tls=${UPROAR_TLS:-}
 case "$driver" in
     auto) port=9001 ;;
     io-uring) port=9011 ;;
@@ -29,20 +31,31 @@ case "$deflate" in
     dedicated) port=$((port + 200)) ;;
     *) echo "unknown UPROAR_DEFLATE $deflate" >&2; exit 2 ;;
 esac
+[ -z "$tls" ] || port=$((port + 1000))
 port=${AUTOBAHN_PORT:-$port}
-out=target/autobahn-$driver-$deflate
+out=target/autobahn-$driver-$deflate${tls:+-tls}
 
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p uproar --example echo
 rm -rf "$out" && mkdir -p "$out"
 # stdin from a FIFO we hold open: closing it asks the server to shut down gracefully.
 mkfifo "$out/stop"
+tls_args=()
+scheme=ws
+if [ -n "$tls" ]; then
+    # wstest does not check the certificate: a throwaway self-signed one will do.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+    tls_args=(--tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
+    scheme=wss
+fi
 target/release/examples/echo --listen "127.0.0.1:$port" --driver "$driver" --deflate "$deflate" \
-    --stop-on-eof <"$out/stop" >"$out/server.log" 2>&1 &
+    "${tls_args[@]}" --stop-on-eof <"$out/stop" >"$out/server.log" 2>&1 &
 server=$!
 exec 3>"$out/stop"
 trap 'exec 3>&-; kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q listening "$out/server.log" && break; sleep 0.05; done
-echo "autobahn (permessage-deflate $deflate) against $(head -1 "$out/server.log")"
+echo "autobahn (permessage-deflate $deflate${tls:+, over TLS}) against $(head -1 "$out/server.log")"
 
 # Each part: a directory with its own fuzzingclient.json (cases) and report.
 if [ "$deflate" = off ]; then
@@ -58,7 +71,7 @@ for p in "${parts[@]}"; do
     IFS=: read -r name cases exclude <<<"$p"
     mkdir -p "$out/$name"
     cat >"$out/$name/fuzzingclient.json" <<JSON
-{"outdir": "./report", "servers": [{"agent": "uproar", "url": "ws://127.0.0.1:$port"}],
+{"outdir": "./report", "servers": [{"agent": "uproar", "url": "$scheme://127.0.0.1:$port"}],
  "cases": $cases, "exclude-cases": $exclude, "exclude-agent-cases": {}}
 JSON
     (cd "$out/$name" && timeout 2700 "$wstest" -m fuzzingclient -s fuzzingclient.json >wstest.log 2>&1) &

@@ -16,6 +16,7 @@ pub mod run;
 pub mod stats;
 pub mod sys;
 pub mod target;
+pub mod tls;
 mod worker;
 
 pub use run::{Load, Report, RunConfig, Scenario, run};

@@ -33,6 +33,16 @@ struct Cli {
     /// wire beside payload bytes.
     #[arg(long, global = true)]
     deflate: bool,
+    /// For wss:// URLs: trust the CA certificates in this PEM file (default: the system's).
+    #[arg(long, global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// For wss:// URLs: accept any server certificate (benchmarks against self-signed servers;
+    /// the handshake's signatures are still checked).
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Send this token as ?token= on every upgrade (a JWT for the uproar server's auth).
+    #[arg(long, global = true)]
+    token: Option<String>,
     /// Payload filler after the sequence stamp: `pattern` (a repeated 8-byte pattern) or
     /// `json` (JSON-like market ticks whose fields change per message: compressible like
     /// real text, for measuring compression).
@@ -215,8 +225,21 @@ fn main() -> ExitCode {
             Duration::ZERO,
         ),
     };
+    let tls = if cli.ca.is_some() || cli.insecure {
+        match uproar_loadtest::tls::client_config(cli.ca.as_deref(), cli.insecure) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                std::process::exit(2);
+            }
+        }
+    } else {
+        None
+    };
     let cfg = RunConfig {
         deflate: cli.deflate,
+        tls,
+        token: cli.token.clone(),
         json: cli.payload == "json",
         url,
         scenario,

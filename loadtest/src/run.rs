@@ -124,6 +124,10 @@ pub enum Scenario {
 pub struct RunConfig {
     /// Offer permessage-deflate and compress what is sent once it is negotiated.
     pub deflate: bool,
+    /// For `wss://` URLs: the TLS client configuration (default: trust the system's CAs).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// A token sent as `?token=` on every upgrade (the uproar server's JWT auth).
+    pub token: Option<String>,
     /// JSON-like payload filler (compressible like real text) instead of a repeated pattern.
     pub json: bool,
     /// `ws://host:port/path`.
@@ -327,8 +331,17 @@ impl Report {
 }
 
 fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), String> {
-    let target = Target::parse(&cfg.url)?;
+    let mut target = Target::parse(&cfg.url)?;
+    if let Some(t) = &cfg.token {
+        target = target.with_query(&format!("token={t}"));
+    }
+    let tls = match (&cfg.tls, target.tls) {
+        (_, false) => None,
+        (Some(c), true) => Some(c.clone()),
+        (None, true) => Some(crate::tls::client_config(None, false)?),
+    };
     let mut params = Params {
+        tls,
         pub_target: target.clone(),
         target,
         size: STAMP_LEN,
@@ -407,7 +420,13 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
             }
             params.publishers = *publishers;
             params.pub_target = match publish_url {
-                Some(u) => Target::parse(u)?,
+                Some(u) => {
+                    let t = Target::parse(u)?;
+                    match &cfg.token {
+                        Some(tok) => t.with_query(&format!("token={tok}")),
+                        None => t,
+                    }
+                }
                 None => params.target.with_query("mode=pub"),
             };
             let slow = ((*subscribers as f64) * slow_fraction.clamp(0.0, 1.0)).round() as usize;

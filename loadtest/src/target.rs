@@ -11,15 +11,17 @@ pub struct Target {
     pub path: String,
     /// Resolved address.
     pub addr: SocketAddr,
+    /// `wss://`.
+    pub tls: bool,
 }
 
 impl Target {
-    /// Parse `ws://HOST[:PORT][/PATH]`; `wss://` is refused (no TLS yet).
+    /// Parse `ws://HOST[:PORT][/PATH]` or `wss://...` (default ports 80 and 443).
     pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = match url.split_once("://") {
-            Some(("ws", rest)) => rest,
-            Some(("wss", _)) => return Err(format!("{url}: wss:// (TLS) is not supported yet")),
-            _ => return Err(format!("{url}: expected ws://HOST:PORT/PATH")),
+        let (tls, rest) = match url.split_once("://") {
+            Some(("ws", rest)) => (false, rest),
+            Some(("wss", rest)) => (true, rest),
+            _ => return Err(format!("{url}: expected ws://HOST:PORT/PATH or wss://...")),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -34,7 +36,7 @@ impl Target {
         {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         let addr = with_port
             .to_socket_addrs()
@@ -45,7 +47,16 @@ impl Target {
             host: authority.to_owned(),
             path: path.to_owned(),
             addr,
+            tls,
         })
+    }
+
+    /// The host without the port: the TLS server name.
+    pub fn server_name(&self) -> &str {
+        match self.host.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => &self.host,
+        }
     }
 
     /// The same target with `key=value` added to the query.
@@ -71,7 +82,10 @@ mod tests {
         );
         assert_eq!(Target::parse("ws://127.0.0.1:9").unwrap().path, "/");
         assert_eq!(t.with_query("mode=pub").path, "/ws/news?mode=pub");
-        assert!(Target::parse("wss://x/").unwrap_err().contains("TLS"));
+        let s = Target::parse("wss://localhost:9443/ws/t").unwrap();
+        assert!(s.tls && !t.tls);
+        assert_eq!((s.server_name(), s.addr.port()), ("localhost", 9443));
+        assert_eq!(Target::parse("wss://127.0.0.1").unwrap().addr.port(), 443);
         assert!(Target::parse("http://x/").is_err());
     }
 }

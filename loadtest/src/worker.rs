@@ -58,6 +58,8 @@ pub(crate) struct Params {
     pub batch_window: Duration,
     /// Offer permessage-deflate (as Chromium does); compress what is sent once negotiated.
     pub deflate: bool,
+    /// `wss://`: the TLS client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Payload filler: JSON-like text instead of a repeated 8-byte pattern.
     pub json: bool,
 }
@@ -90,6 +92,8 @@ struct Client {
     id: usize,
     role: Role,
     stream: Option<TcpStream>,
+    /// `wss://`: the TLS state over `stream`.
+    tls: Option<Box<rustls::ClientConnection>>,
     phase: CPhase,
     hs: ClientHandshake,
     hs_buf: Vec<u8>,
@@ -158,6 +162,7 @@ impl Worker {
                 id,
                 role,
                 stream: None,
+                tls: None,
                 phase: CPhase::Pending,
                 hs: ClientHandshake::new(random_bytes()),
                 hs_buf: Vec::new(),
@@ -302,6 +307,15 @@ impl Worker {
                     if let Err(e) = self.poll.registry().register(&mut s, Token(i), interest) {
                         self.fail(i, format!("register: {e}"));
                         continue;
+                    }
+                    if let Some(cfg) = &self.params.tls {
+                        match crate::tls::connect(cfg, self.params.target.server_name()) {
+                            Ok(t) => c.tls = Some(Box::new(t)),
+                            Err(e) => {
+                                self.fail(i, format!("TLS: {e}"));
+                                continue;
+                            }
+                        }
                     }
                     c.stream = Some(s);
                     c.phase = CPhase::Connecting;
@@ -476,8 +490,18 @@ impl Worker {
         let c = &mut self.clients[i];
         c.dirty = false;
         let Some(s) = c.stream.as_mut() else { return };
+        if let Some(t) = &mut c.tls
+            && let Err(e) = crate::tls::flush(s, t)
+        {
+            self.fail(i, format!("write: {e}"));
+            return;
+        }
         while c.out_pos < c.out.len() {
-            match s.write(&c.out[c.out_pos..]) {
+            let r = match &mut c.tls {
+                Some(t) => crate::tls::write(s, t, &c.out[c.out_pos..]),
+                None => s.write(&c.out[c.out_pos..]),
+            };
+            match r {
                 Ok(0) => break,
                 Ok(n) => c.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -520,7 +544,8 @@ impl Worker {
         // Output queued while reading, or left over from a short write, goes out once per
         // loop turn (`flush_all`), so several replies to one connection share a write.
         self.read_all(i, now);
-        if self.clients[i].out_pos < self.clients[i].out.len() {
+        let c = &self.clients[i];
+        if c.out_pos < c.out.len() || c.tls.as_ref().is_some_and(|t| t.wants_write()) {
             self.mark_dirty(i);
         }
     }
@@ -578,7 +603,11 @@ impl Worker {
         loop {
             let c = &mut self.clients[i];
             let Some(s) = c.stream.as_mut() else { break };
-            match s.read(&mut rbuf) {
+            let r = match &mut c.tls {
+                Some(t) => crate::tls::read(s, t, &mut rbuf),
+                None => s.read(&mut rbuf),
+            };
+            match r {
                 Ok(0) => {
                     let msg = match c.ws.close_info() {
                         Some(info) if info.received => None,
@@ -893,7 +922,11 @@ impl Worker {
             let Some(s) = c.stream.as_mut() else {
                 break "gone".to_owned();
             };
-            match s.read(&mut rbuf) {
+            let r = match &mut c.tls {
+                Some(t) => crate::tls::read(s, t, &mut rbuf),
+                None => s.read(&mut rbuf),
+            };
+            match r {
                 Ok(0) => {
                     break match c.ws.close_info() {
                         Some(info) if info.received => format!("closed {}", info.code.0),

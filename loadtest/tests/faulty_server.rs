@@ -193,6 +193,8 @@ fn connection(id: usize, mut s: TcpStream, fault: Fault, subs: Subscribers) {
 fn echo_cfg(addr: SocketAddr, load: Load) -> RunConfig {
     RunConfig {
         deflate: false,
+        tls: None,
+        token: None,
         json: false,
         url: format!("ws://{addr}/echo"),
         scenario: Scenario::Echo {
@@ -267,6 +269,8 @@ fn broadcast_verification_catches_faults_at_one_subscriber() {
         let addr = serve(fault);
         let cfg = RunConfig {
             deflate: false,
+            tls: None,
+            token: None,
             json: false,
             url: format!("ws://{addr}/ws/news"),
             scenario: Scenario::Broadcast {
@@ -422,6 +426,8 @@ fn connect_scenario_opens_and_holds() {
     let addr = serve(Fault::None);
     let cfg = RunConfig {
         deflate: false,
+        tls: None,
+        token: None,
         json: false,
         url: format!("ws://{addr}/echo"),
         scenario: Scenario::Connect {
@@ -482,6 +488,8 @@ fn slow_subscribers_are_reported_apart() {
     let addr = serve(Fault::None);
     let cfg = RunConfig {
         deflate: false,
+        tls: None,
+        token: None,
         json: false,
         url: format!("ws://{addr}/ws/slow"),
         scenario: Scenario::Broadcast {

@@ -27,6 +27,8 @@ pub(crate) struct Settings {
     /// Per-connection limits on what clients publish, when set.
     pub(crate) rate: Option<RateLimit>,
     pub(crate) counters: Counters,
+    /// The demo page, with its token field shown when auth is on.
+    pub(crate) demo_page: String,
 }
 
 /// Token buckets for each client connection: sustained rates, with a burst of one second's
@@ -294,7 +296,7 @@ impl Handler for App {
         match (req.method(), path) {
             ("GET", "/") => Response::new(200)
                 .header("Content-Type", "text/html; charset=utf-8")
-                .body(crate::DEMO_PAGE.as_bytes()),
+                .body(self.settings.demo_page.as_bytes().to_vec()),
             ("GET", "/healthz") => Response::text(200, "ok\n"),
             ("GET", "/metrics") => Response::new(200)
                 .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

@@ -30,7 +30,7 @@ fn demo_page_in_headless_chromium() {
     for deflate in ["off", "shared", "dedicated"] {
         demo_page(deflate, None);
     }
-    // Over https and wss, with a certificate from a test CA.
+    // Over https and wss, with a certificate from a test CA, and JWT auth on.
     let ca = tls::TestCa::new("browser");
     let cert = ca.server_cert("server", &["localhost", "127.0.0.1"]);
     demo_page("shared", Some((&ca, &cert)));
@@ -38,9 +38,17 @@ fn demo_page_in_headless_chromium() {
 
 fn demo_page(deflate: &str, tls: Option<(&tls::TestCa, &tls::ServerCert)>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_uproar"));
+    let secret = "the browser test's secret, thirty-two bytes+";
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"exp": 4_000_000_000u64, "subscribe": ["browser"], "publish": ["browser"]}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
     if let Some((_, cert)) = tls {
         cmd.env("UPROAR_TLS_CERT", &cert.cert)
-            .env("UPROAR_TLS_KEY", &cert.key);
+            .env("UPROAR_TLS_KEY", &cert.key)
+            .env("UPROAR_JWT_SECRET", secret);
     }
     cmd.env("RUST_LOG", "warn")
         .env("UPROAR_SHUTDOWN_GRACE", "300ms")
@@ -51,8 +59,12 @@ fn demo_page(deflate: &str, tls: Option<(&tls::TestCa, &tls::ServerCert)>) {
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo_page.png");
     let mut py = Command::new("python3");
     match tls {
-        Some((ca, _)) => py.env("UPROAR_TEST_CA", ca.ca_pem()),
-        None => py.env_remove("UPROAR_TEST_CA"),
+        Some((ca, _)) => py
+            .env("UPROAR_TEST_CA", ca.ca_pem())
+            .env("UPROAR_TEST_TOKEN", &token),
+        None => py
+            .env_remove("UPROAR_TEST_CA")
+            .env_remove("UPROAR_TEST_TOKEN"),
     };
     let out = py
         .arg(&script)

@@ -51,8 +51,11 @@ fn metric(addr: std::net::SocketAddr, ca: &TestCa, name: &str) -> f64 {
 
 /// Run a client script from the engine's tests/clients with the test CA; false if missing.
 fn client(cmd: &str, probe: &[&str], script: &str, args: &[String], ca: &TestCa) -> bool {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../uproar/tests/clients");
+    // From the scripts' directory, where Node finds its node_modules.
     let available = Command::new(cmd)
         .args(probe)
+        .current_dir(&dir)
         .output()
         .is_ok_and(|o| o.status.success());
     if !available {
@@ -63,7 +66,6 @@ fn client(cmd: &str, probe: &[&str], script: &str, args: &[String], ca: &TestCa)
         eprintln!("skipped: {cmd} {probe:?} failed (install the client to run this test)");
         return false;
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../uproar/tests/clients");
     let out = Command::new(cmd)
         .arg(dir.join(script))
         .args(args)
@@ -101,27 +103,14 @@ fn python_and_node_over_wss_echo_and_pubsub() {
             &ca
         ));
     }
-    let node_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../uproar/tests/clients");
-    let node_probe = ["-e", "require('ws')"];
-    let have_node = Command::new("node")
-        .args(node_probe)
-        .current_dir(&node_dir)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if have_node {
-        client(
-            "node",
-            &node_probe,
-            "node_client.js",
-            &[format!("{base}/echo")],
-            &ca,
-        );
-    } else {
-        assert!(
-            !required(),
-            "node with ws missing, and UPROAR_REQUIRE_CLIENTS=1"
-        );
-    }
+    let node = ["-e", "require('ws')"];
+    client(
+        "node",
+        &node,
+        "node_client.js",
+        &[format!("{base}/echo")],
+        &ca,
+    );
     assert!(metric(ex.addr, &ca, "uproar_tls_handshakes_total") >= 5.0);
     ex.stop_with_sigterm();
 }

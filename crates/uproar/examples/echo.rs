@@ -9,7 +9,7 @@
 //! `--max-buffered-bytes BYTES`, `--max-connections N`, `--recv-buffer-size BYTES`,
 //! `--recv-buffers N`, `--idle-timeout-ms MS`, `--handshake-timeout-ms MS`,
 //! `--close-timeout-ms MS`, `--driver auto|io-uring|epoll` (default: `UPROAR_DRIVER`, else
-//! auto), `--deflate off|shared|dedicated` (permessage-deflate; default off). It prints `listening on ADDR` once ready, and stops gracefully
+//! auto), `--deflate off|shared|dedicated` (permessage-deflate; default off), `--tls-cert PEM --tls-key PEM` (serve wss://). It prints `listening on ADDR` once ready, and stops gracefully
 //! when its standard input reaches end of file if started with `--stop-on-eof`.
 
 use std::io::Read as _;
@@ -40,6 +40,7 @@ fn main() {
         b = b.driver(d.parse().unwrap_or_else(|e| panic!("UPROAR_DRIVER: {e}")));
     }
     let mut stop_on_eof = false;
+    let (mut cert, mut key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -57,12 +58,25 @@ fn main() {
             "--idle-timeout-ms" => b.idle_timeout(Some(Duration::from_millis(num(val())))),
             "--handshake-timeout-ms" => b.handshake_timeout(Duration::from_millis(num(val()))),
             "--close-timeout-ms" => b.close_timeout(Duration::from_millis(num(val()))),
+            "--tls-cert" => {
+                cert = Some(val());
+                b
+            }
+            "--tls-key" => {
+                key = Some(val());
+                b
+            }
             "--stop-on-eof" => {
                 stop_on_eof = true;
                 b
             }
             other => panic!("unknown option {other}"),
         };
+    }
+    if let (Some(c), Some(k)) = (&cert, &key) {
+        let tls = uproar::TlsConfig::from_pem_files(c.as_ref(), k.as_ref())
+            .unwrap_or_else(|e| panic!("TLS: {e}"));
+        b = b.tls(tls);
     }
     let server = match b.start(|_| Echo) {
         Ok(s) => s,

@@ -4,7 +4,8 @@ topic with the page's own form, shows a message published with POST /publish, an
 that a second client receives. Prints "ok" and exits 0 on success. With UPROAR_TEST_CA set (a
 CA's PEM file), the server speaks TLS: the page is opened over https:// (Chromium told to
 ignore certificate errors: its trust store lives in a profile database), the other clients
-trust that CA only.
+trust that CA only. With UPROAR_TEST_TOKEN set (the server requires JWTs), the page must show
+its token field; the token goes in it, in the other client's URL and in the publish request.
 
     python3 demo_page.py HOST:PORT [SCREENSHOT.png]
 """
@@ -73,6 +74,7 @@ def main(base, screenshot=None):
     ca = os.environ.get("UPROAR_TEST_CA")
     tls = ssl.create_default_context(cafile=ca) if ca else None
     http, ws = ("https", "wss") if ca else ("http", "ws")
+    token = os.environ.get("UPROAR_TEST_TOKEN")
     profile = tempfile.mkdtemp(prefix="uproar-chromium-")
     proc = subprocess.Popen(
         [browser_binary(), "--headless=new", "--no-sandbox", "--disable-gpu",
@@ -95,14 +97,22 @@ def main(base, screenshot=None):
         page.call("Page.navigate", url=f"{http}://{base}/")
         wait_for("the page to load", lambda: page.js("document.readyState") == "complete"
                  and page.js("document.title") == "uproar")
+        shown = page.js("!document.getElementById('token').hidden")
+        assert shown == bool(token), f"token field shown: {shown}, auth: {bool(token)}"
+        if token:
+            page.js(f"document.getElementById('token').value = {json.dumps(token)}; true")
         page.js("document.getElementById('topic').value = 'browser';"
                 "document.getElementById('subscribe').click(); true")
         wait_for("the subscription", lambda: page.js(
             "document.getElementById('status').textContent") == "subscribed to browser")
 
-        other = connect(f"{ws}://{base}/ws/browser?mode=sub", open_timeout=10, ssl=tls)
+        auth_query = f"&token={token}" if token else ""
+        other = connect(f"{ws}://{base}/ws/browser?mode=sub{auth_query}", open_timeout=10, ssl=tls)
+        headers = {"Content-Type": "text/plain"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(f"{http}://{base}/publish/browser", data=b"from a backend",
-                                     headers={"Content-Type": "text/plain"}, method="POST")
+                                     headers=headers, method="POST")
         reply = json.load(urllib.request.urlopen(req, context=tls))
         assert reply["topic"] == "browser", reply
         wait_for("the published message in the page", lambda: "from a backend" in page.log_lines())
