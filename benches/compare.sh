@@ -7,7 +7,7 @@
 #
 # Servers: uproar (the uproar binary on the io_uring driver), uproar-epoll (the same on the
 # epoll driver), uproar-z and uproar-zd (permessage-deflate, shared and dedicated mode),
-# uproar-before (an older uproar binary named by UPROAR_BEFORE, for before/after runs), and the
+# uproar-tls (TLS with a self-signed certificate), uproar-before (an older uproar binary named by UPROAR_BEFORE, for before/after runs), and the
 # peers: tungstenite, fastwebsockets, sockudo, sockudo-z and sockudo-zd (sockudo-ws with its
 # shared and dedicated deflate), uring (raw io_uring TCP echo).
 #
@@ -67,13 +67,16 @@ start_server() {
         # /ws/{topic}). For the idle-memory scenario mimalloc's transparent huge pages are turned
         # off, so RSS grows by 4 KiB pages rather than 2 MiB ones (the peers' glibc malloc asks
         # for none).
-        uproar) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
-        uproar-epoll) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver epoll --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        uproar) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --deflate off --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
+        uproar-epoll) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver epoll --deflate off --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         # permessage-deflate in uproar's two modes, and sockudo-ws's (its Shared and Dedicated).
         uproar-z) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --deflate shared --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         uproar-zd) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --deflate dedicated --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         sockudo-z) taskset -c 0 "$bin/peer-sockudo" --deflate shared --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         sockudo-zd) taskset -c 0 "$bin/peer-sockudo" --deflate dedicated --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
+        # TLS (wss://, https://) with a throwaway self-signed certificate; the load generator
+        # connects with --insecure.
+        uproar-tls) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "$bin/uproar" --driver io-uring --deflate off --tls-cert "$out/cert.pem" --tls-key "$out/key.pem" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         uproar-before) env ${thp_off:+MIMALLOC_ALLOW_THP=0} RUST_LOG=warn taskset -c 0 "${UPROAR_BEFORE:?set UPROAR_BEFORE to an older uproar binary}" --listen "127.0.0.1:$port" --max-connections 12000 >>"$out/server.log" 2>&1 & ;;
         *) echo "unknown server $1" >&2; exit 2 ;;
     esac
@@ -91,6 +94,8 @@ stop_server() {
 }
 
 rm -rf "$out" && mkdir -p "$out"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
 for r in $(seq 1 "$rounds"); do
     # Rotate the server order every round so no server always runs first or last.
     n=${#servers[@]}
@@ -109,6 +114,8 @@ for r in $(seq 1 "$rounds"); do
                 # A raw TCP echo has no WebSocket: only echo scenarios, with --raw-tcp.
                 case "$sc" in echo*) extra="--raw-tcp" ;; *) continue ;; esac
             fi
+            scheme=ws
+            if [ "$sv" = uproar-tls ]; then scheme=wss; extra="$extra --insecure"; fi
             timing="--duration ${secs}s --warmup 1s"
             case "$sc" in idle*) timing="" ;; esac
             mkdir -p "$out/$r/$sc"
@@ -116,7 +123,7 @@ for r in $(seq 1 "$rounds"); do
             case "$sc" in idle*) thp_off=1 ;; esac
             start_server "$sv"
             # shellcheck disable=SC2086
-            taskset -c 1 "$bin/loadtest" $args --url "ws://127.0.0.1:$port$path" $timing $extra \
+            taskset -c 1 "$bin/loadtest" $args --url "$scheme://127.0.0.1:$port$path" $timing $extra \
                 --server-pid "$server_pid" --json >"$out/$r/$sc/$sv.json" 2>"$out/$r/$sc/$sv.err" || true
             stop_server
             echo "round $r $sc $sv: $(head -c 160 "$out/$r/$sc/$sv.json")"

@@ -74,10 +74,16 @@ impl TestCa {
         out
     }
 
-    /// A client configuration that trusts this CA only.
-    pub fn client_config(&self) -> Arc<ClientConfig> {
+    /// A root store holding this CA only.
+    pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
+        roots
+    }
+
+    /// A client configuration that trusts this CA only.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        let roots = self.roots();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         Arc::new(
             ClientConfig::builder_with_provider(provider)

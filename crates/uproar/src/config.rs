@@ -187,6 +187,9 @@ pub struct Config {
     /// TLS: with a configuration, the listener serves `https://` and `wss://` only. Default
     /// none (plain `http://` and `ws://`): certificates are the operator's to give.
     pub tls: Option<crate::TlsConfig>,
+    /// Told of topics becoming active or idle on this node and of publishes made here (a
+    /// broker bridge). Default none.
+    pub observer: Option<std::sync::Arc<dyn crate::NodeObserver>>,
 }
 
 impl Default for Config {
@@ -216,6 +219,7 @@ impl Default for Config {
             deflate_window_bits: 11,
             deflate_level: 6,
             tls: None,
+            observer: None,
         }
     }
 }

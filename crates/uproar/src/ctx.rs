@@ -182,6 +182,9 @@ impl<C> Ctx<C> {
 
     /// [`publish`](Self::publish) a frame already encoded.
     pub fn publish_frame(&mut self, topic: &str, frame: &Frame) -> usize {
+        if let Some(o) = &self.shared.observer {
+            o.published(topic, frame);
+        }
         // Whatever was published before this call and handed to this worker's inbox (by
         // another worker, e.g. a backend's previous `POST /publish`, or by a `Publisher`, even
         // with one worker) goes to this worker's subscribers first, whether or not this turn

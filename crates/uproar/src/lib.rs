@@ -78,6 +78,7 @@ pub use error::Error;
 pub use handler::{Handler, WebSocket};
 pub use http::{HttpRequest, Response, Upgrade, UpgradeRequest};
 pub use id::ConnId;
+pub use mesh::NodeObserver;
 pub use message::{CloseEvent, Frame, Message, SendStatus};
 pub use server::{Builder, Handle, Publisher, Server};
 pub use stats::{Rejection, WorkerStats};

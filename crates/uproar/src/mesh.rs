@@ -94,12 +94,37 @@ pub(crate) struct Shared {
     topics: Mutex<HashMap<Box<str>, usize>>,
     /// The TLS configuration new connections get, on a TLS listener.
     pub(crate) tls: Option<crate::tls::TlsSource>,
+    /// Told of topics becoming active or idle on this node, and of publishes made here.
+    pub(crate) observer: Option<Arc<dyn NodeObserver>>,
+}
+
+/// What a node-level component (a broker bridge: `uproar-cluster`) is told, from the workers'
+/// threads and from [`Publisher`](crate::Publisher)s' threads. Calls must be quick (hand the
+/// event to another thread): they run on the hot path of the thread that caused them.
+pub trait NodeObserver: Send + Sync + 'static {
+    /// `topic` got its first subscriber on this node (over all workers).
+    fn topic_active(&self, topic: &str);
+    /// The last subscriber of `topic` on this node left.
+    fn topic_idle(&self, topic: &str);
+    /// A message was published on this node (by a handler, or a `Publisher`), once, on the
+    /// thread that published it; not for [`Publisher::publish_frame_local`] (messages that
+    /// came from elsewhere).
+    ///
+    /// [`Publisher::publish_frame_local`]: crate::Publisher::publish_frame_local
+    fn published(&self, topic: &str, frame: &crate::Frame);
+}
+
+impl std::fmt::Debug for dyn NodeObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeObserver")
+    }
 }
 
 impl Shared {
     pub(crate) fn new(config: Arc<Config>, driver: Driver, wakers: Vec<Waker>) -> Shared {
         let n = wakers.len();
         let tls = config.tls.clone().map(crate::tls::TlsSource::new);
+        let observer = config.observer.clone();
         Shared {
             config,
             driver,
@@ -112,6 +137,7 @@ impl Shared {
             published_stats: (0..n).map(|_| Default::default()).collect(),
             topics: Mutex::new(HashMap::new()),
             tls,
+            observer,
         }
     }
 
@@ -198,6 +224,11 @@ impl Shared {
             Some(n) => *n += 1,
             None => {
                 t.insert(topic.into(), 1);
+                // Under the lock: the observer sees active and idle in the order they
+                // happened, whatever the workers.
+                if let Some(o) = &self.observer {
+                    o.topic_active(topic);
+                }
             }
         }
     }
@@ -210,6 +241,9 @@ impl Shared {
                 *n -= 1;
                 if *n == 0 {
                     t.remove(topic);
+                    if let Some(o) = &self.observer {
+                        o.topic_idle(topic);
+                    }
                 }
             }
         }

@@ -103,8 +103,18 @@ impl Frame {
     }
 
     /// The payload.
-    pub(crate) fn payload(&self) -> &[u8] {
+    pub fn payload(&self) -> &[u8] {
         &self.bytes[usize::from(self.head_len)..]
+    }
+
+    /// Text or binary.
+    pub fn kind(&self) -> DataKind {
+        self.kind
+    }
+
+    /// The payload as its own buffer, sharing the frame's (no copy).
+    pub fn payload_bytes(&self) -> Bytes {
+        self.bytes.slice(usize::from(self.head_len)..)
     }
 }
 

@@ -50,6 +50,13 @@ impl Builder {
         self
     }
 
+    /// Tell `observer` of topics becoming active or idle on this node and of publishes made
+    /// here; see [`NodeObserver`](crate::NodeObserver).
+    pub fn observer(mut self, observer: Arc<dyn crate::NodeObserver>) -> Builder {
+        self.config.observer = Some(observer);
+        self
+    }
+
     /// Replace the whole configuration.
     pub fn config(mut self, config: Config) -> Builder {
         self.config = config;
@@ -404,6 +411,16 @@ impl Publisher {
 
     /// Publish a frame already encoded (see [`publish`](Self::publish)).
     pub fn publish_frame(&self, topic: &str, frame: &Frame) -> bool {
+        if let Some(o) = &self.shared.observer {
+            o.published(topic, frame);
+        }
+        self.publish_frame_local(topic, frame)
+    }
+
+    /// Publish to this node's subscribers only, without telling the
+    /// [`NodeObserver`](crate::NodeObserver): for messages that came from another node
+    /// through a broker.
+    pub fn publish_frame_local(&self, topic: &str, frame: &Frame) -> bool {
         let remote = Remote {
             topic: topic.into(),
             frame: frame.clone(),

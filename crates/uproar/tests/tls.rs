@@ -370,3 +370,30 @@ fn reading_after_close_notify_and_a_clean_close() {
     drop(c);
     assert!(all_closed(&s));
 }
+
+#[test]
+fn tls_1_2_and_1_3_are_both_served() {
+    let s = setup("versions");
+    for (version, want) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(s.ca.roots())
+            .with_no_client_auth();
+        let t = connect(s.addr, "localhost", Arc::new(cfg)).unwrap();
+        assert_eq!(t.conn.protocol_version(), Some(want));
+        // Only AEAD suites exist in rustls; the one chosen says so.
+        let suite = format!("{:?}", t.conn.negotiated_cipher_suite().unwrap().suite());
+        assert!(
+            suite.contains("GCM") || suite.contains("CHACHA20_POLY1305"),
+            "{suite}"
+        );
+        let mut c = Client::upgrade(t, "localhost", "/echo", &[]).unwrap();
+        c.send_text("versioned");
+        assert_eq!(c.recv(), Got::Text("versioned".into()));
+    }
+}
