@@ -29,6 +29,8 @@ pub(crate) struct Settings {
     pub(crate) counters: Counters,
     /// The demo page, with its token field shown when auth is on.
     pub(crate) demo_page: String,
+    /// The broker bridge's state, in a cluster.
+    pub(crate) cluster: Option<Arc<uproar_cluster::ClusterStats>>,
 }
 
 /// Token buckets for each client connection: sustained rates, with a burst of one second's
@@ -297,12 +299,25 @@ impl Handler for App {
             ("GET", "/") => Response::new(200)
                 .header("Content-Type", "text/html; charset=utf-8")
                 .body(self.settings.demo_page.as_bytes().to_vec()),
-            ("GET", "/healthz") => Response::text(200, "ok\n"),
+            // In a cluster, a node cut off from the broker is unhealthy (503), so a load
+            // balancer can prefer the others; it still serves its own subscribers.
+            ("GET", "/healthz") => match &self.settings.cluster {
+                Some(c) if !c.connected() => Response::text(
+                    503,
+                    "broker disconnected: local delivery only, messages to other nodes are lost\n",
+                ),
+                _ => Response::text(200, "ok\n"),
+            },
             ("GET", "/metrics") => Response::new(200)
                 .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 .body(
-                    metrics::render(ctx.driver(), &ctx.all_stats(), &self.settings.counters)
-                        .into_bytes(),
+                    metrics::render(
+                        ctx.driver(),
+                        &ctx.all_stats(),
+                        &self.settings.counters,
+                        self.settings.cluster.as_deref(),
+                    )
+                    .into_bytes(),
                 ),
             ("POST", p) if p.starts_with("/publish/") => self.publish(ctx, req),
             (_, "/" | "/healthz" | "/metrics") => Response::text(405, "method not allowed\n"),

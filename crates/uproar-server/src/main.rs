@@ -199,9 +199,45 @@ struct Args {
     #[arg(long, env = "UPROAR_CLIENT_RATE_LIMIT_POLICY", value_enum, default_value_t = Policy::Close)]
     client_rate_limit_policy: Policy,
 
+    /// Share topics with other uproar nodes through a broker: nats://HOST:PORT, several
+    /// separated by commas for a NATS cluster (the client fails over). A message published on
+    /// any node then reaches the subscribers of every node (at most once across nodes, in
+    /// order per publisher); a node subscribes at the broker only to topics it has
+    /// subscribers for. Default none: a single node.
+    #[arg(long, env = "UPROAR_BROKER", value_delimiter = ',')]
+    broker: Vec<String>,
+
+    /// This node's id, tagging what it publishes to the broker. Default: random, logged at
+    /// start (unique per process, which is all the tagging needs).
+    #[arg(long, env = "UPROAR_NODE_ID")]
+    node_id: Option<String>,
+
+    /// Broker subjects are PREFIX.{topic}. Default uproar: several deployments can share one
+    /// broker with different prefixes.
+    #[arg(long, env = "UPROAR_BROKER_PREFIX", default_value = "uproar")]
+    broker_prefix: String,
+
+    /// How long a topic without local subscribers stays subscribed at the broker. Default 2s:
+    /// a page reload does not unsubscribe and resubscribe at the broker.
+    #[arg(long, env = "UPROAR_BROKER_LINGER", default_value = "2s", value_parser = parse_duration)]
+    broker_linger: Duration,
+
     /// Time given to clients to finish the close handshake on SIGTERM/SIGINT. Default 5s.
     #[arg(long, env = "UPROAR_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+}
+
+/// A node id: 16 hex digits from the process's random hasher seed, the time and the pid.
+fn random_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
 }
 
 /// The TLS configuration from --tls-cert and --tls-key, paired in order.
@@ -283,7 +319,24 @@ fn main() {
     } else {
         DEMO_PAGE.to_owned()
     };
+    let cluster = if args.broker.is_empty() {
+        None
+    } else {
+        if let Some(bad) = args.broker.iter().find(|b| !b.starts_with("nats://")) {
+            eprintln!(
+                "uproar: --broker {bad}: only nats:// brokers are supported (Redis is not yet)"
+            );
+            std::process::exit(1);
+        }
+        let node_id = args.node_id.clone().unwrap_or_else(random_node_id);
+        tracing::info!(node_id, brokers = ?args.broker, "cluster: sharing topics through NATS");
+        let mut cfg = uproar_cluster::ClusterConfig::new(args.broker.clone(), node_id);
+        cfg.prefix = args.broker_prefix.clone();
+        cfg.linger = args.broker_linger;
+        Some(uproar_cluster::Bridge::new(cfg))
+    };
     let settings = Arc::new(Settings {
+        cluster: cluster.as_ref().map(|(b, _)| b.stats()),
         demo_page,
         allowed_origins: args.allowed_origins.clone(),
         publish_token: args.publish_token.clone(),
@@ -336,6 +389,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some((bridge, _)) = &cluster {
+        b = b.observer(Arc::new(bridge.clone()));
+    }
     let server = match b.start(move |_| App {
         settings: settings.clone(),
     }) {
@@ -345,6 +401,12 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some((_, runner)) = cluster
+        && let Err(e) = runner.start(server.publisher())
+    {
+        eprintln!("uproar: cannot start the cluster bridge: {e}");
+        std::process::exit(1);
+    }
     let scheme = if args.tls_cert.is_empty() {
         "http"
     } else {

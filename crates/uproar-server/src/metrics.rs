@@ -153,7 +153,12 @@ const SERIES: [(&str, &str, &str, Field); 23] = [
     ),
 ];
 
-pub(crate) fn render(driver: Driver, workers: &[WorkerStats], server: &Counters) -> String {
+pub(crate) fn render(
+    driver: Driver,
+    workers: &[WorkerStats],
+    server: &Counters,
+    cluster: Option<&uproar_cluster::ClusterStats>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -232,6 +237,53 @@ pub(crate) fn render(driver: Driver, workers: &[WorkerStats], server: &Counters)
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
             v.load(Ordering::Relaxed)
         );
+    }
+    if let Some(c) = cluster {
+        for (name, kind, help, v) in [
+            (
+                "uproar_broker_connected",
+                "gauge",
+                "1 while the broker connection is up.",
+                u64::from(c.connected()),
+            ),
+            (
+                "uproar_broker_reconnects_total",
+                "counter",
+                "Broker connections re-established after a loss.",
+                c.reconnects(),
+            ),
+            (
+                "uproar_broker_sent_total",
+                "counter",
+                "Messages sent to the broker for other nodes.",
+                c.sent(),
+            ),
+            (
+                "uproar_broker_received_total",
+                "counter",
+                "Messages from other nodes delivered here.",
+                c.received(),
+            ),
+            (
+                "uproar_broker_topics",
+                "gauge",
+                "Topics subscribed at the broker (lingering ones included).",
+                c.subscribed(),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        let name = "uproar_broker_lost_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Messages for other nodes lost, by reason (delivered locally all the same).\n# TYPE {name} counter"
+        );
+        for why in uproar_cluster::Lost::ALL {
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", why.label(), c.lost(why));
+        }
     }
     out
 }

@@ -1,0 +1,352 @@
+//! Three `uproar` nodes (separate processes, two workers each) sharing topics through a real
+//! NATS server started here (Debian's `nats-server`; `.ci/run` installs it). Without it the
+//! tests skip with a message, unless UPROAR_REQUIRE_CLIENTS=1 (as in CI), which makes that a
+//! failure.
+//!
+//! - Subscribers on every node, publishers on every node (WebSocket and HTTP): every
+//!   subscriber receives every message exactly once, in order per publisher.
+//! - A topic with subscribers on one node only is subscribed at the broker by that node
+//!   alone (NATS's own view, `/connz?subs=1`), and unsubscribed after the last one leaves.
+//! - The broker killed: local delivery goes on, `/healthz` says 503, messages for other nodes
+//!   are counted as lost; the broker back: the nodes reconnect, resubscribe, and deliver
+//!   across nodes again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use uproar_testkit::*;
+
+fn required() -> bool {
+    std::env::var_os("UPROAR_REQUIRE_CLIENTS").is_some_and(|v| v == "1")
+}
+
+fn have_nats() -> bool {
+    let ok = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            !required(),
+            "nats-server missing, and UPROAR_REQUIRE_CLIENTS=1"
+        );
+        eprintln!("skipped: needs nats-server (apt install nats-server)");
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A nats-server on `port` with monitoring on `mport`; killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    mport: u16,
+}
+
+impl Nats {
+    fn start(port: u16, mport: u16) -> Nats {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-m",
+                &mport.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let n = Nats { child, port, mport };
+        assert!(
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "nats-server did not start"
+        );
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The subjects each client connection (by name: the node id) is subscribed to.
+    fn subscriptions(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.mport).parse().unwrap();
+        let (status, _, body) = http(addr, b"GET /connz?subs=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut out = BTreeMap::new();
+        for c in v["connections"].as_array().cloned().unwrap_or_default() {
+            let name = c["name"].as_str().unwrap_or("").to_owned();
+            let subs = c["subscriptions_list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect();
+            out.insert(name, subs);
+        }
+        out
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(nats: &str, id: &str) -> Example {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uproar"));
+    cmd.env("RUST_LOG", "warn")
+        .env("UPROAR_SHUTDOWN_GRACE", "300ms");
+    run_command(
+        cmd,
+        &[
+            "--threads",
+            "2",
+            "--broker",
+            nats,
+            "--node-id",
+            id,
+            "--broker-linger",
+            "300ms",
+        ],
+    )
+}
+
+fn healthz(addr: SocketAddr) -> u16 {
+    http(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").0
+}
+
+fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let (_, _, body) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum()
+}
+
+fn post(addr: SocketAddr, topic: &str, body: &str) -> u16 {
+    let req = format!(
+        "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    http(addr, req.as_bytes()).0
+}
+
+/// Receive `n` text messages.
+fn recv_texts(c: &mut Client, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| match c.recv() {
+            Got::Text(t) => t,
+            other => panic!("expected a text message, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn three_nodes_share_topics_exactly_once_in_order_per_publisher() {
+    if !have_nats() {
+        return;
+    }
+    let nats = Nats::start(free_port(), free_port());
+    let nodes: Vec<Example> = (0..3)
+        .map(|i| node(&nats.url(), &format!("node{i}")))
+        .collect();
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || healthz(n.addr) == 200),
+            "connected"
+        );
+    }
+    // Two subscribers per node.
+    let mut subs: Vec<Client> = nodes
+        .iter()
+        .flat_map(|n| {
+            [
+                Client::connect(n.addr, "/ws/cl.t?mode=sub"),
+                Client::connect(n.addr, "/ws/cl.t?mode=sub"),
+            ]
+        })
+        .collect();
+    let subject = "uproar.cl~2Et";
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let s = nats.subscriptions();
+            (0..3).all(|i| {
+                s.get(&format!("node{i}"))
+                    .is_some_and(|v| v.contains(subject))
+            })
+        }),
+        "every node subscribed at the broker: {:?}",
+        nats.subscriptions()
+    );
+    // Publishers on every node: WebSocket and HTTP, 30 messages each.
+    const N: usize = 30;
+    let mut pubs: Vec<Client> = nodes
+        .iter()
+        .map(|n| Client::connect(n.addr, "/ws/cl.t?mode=pub"))
+        .collect();
+    for k in 0..N {
+        for (i, p) in pubs.iter_mut().enumerate() {
+            p.send_text(&format!("n{i}-ws-{k}"));
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            assert_eq!(post(n.addr, "cl.t", &format!("n{i}-http-{k}")), 200);
+        }
+    }
+    for (si, s) in subs.iter_mut().enumerate() {
+        let got = recv_texts(s, 6 * N);
+        let set: BTreeSet<&String> = got.iter().collect();
+        assert_eq!(set.len(), 6 * N, "subscriber {si}: a duplicate");
+        // In order per publisher.
+        for i in 0..3 {
+            for via in ["ws", "http"] {
+                let prefix = format!("n{i}-{via}-");
+                let seq: Vec<usize> = got
+                    .iter()
+                    .filter_map(|m| m.strip_prefix(&prefix))
+                    .map(|k| k.parse().unwrap())
+                    .collect();
+                assert_eq!(
+                    seq,
+                    (0..N).collect::<Vec<_>>(),
+                    "subscriber {si}, publisher {prefix}"
+                );
+            }
+        }
+    }
+    // Nothing more arrives (exactly once): a marker published now is the next message.
+    assert_eq!(post(nodes[0].addr, "cl.t", "marker"), 200);
+    for s in &mut subs {
+        assert_eq!(s.recv(), Got::Text("marker".into()));
+    }
+    // A topic with a subscriber on node 1 only: subscribed at the broker by node 1 alone.
+    let mut solo = Client::connect(nodes[1].addr, "/ws/solo?mode=sub");
+    assert!(eventually(Duration::from_secs(10), || {
+        nats.subscriptions()
+            .get("node1")
+            .is_some_and(|v| v.contains("uproar.solo"))
+    }));
+    let s = nats.subscriptions();
+    assert!(
+        !s["node0"].contains("uproar.solo") && !s["node2"].contains("uproar.solo"),
+        "{s:?}"
+    );
+    assert_eq!(post(nodes[2].addr, "solo", "to the one"), 200);
+    assert_eq!(solo.recv(), Got::Text("to the one".into()));
+    // The last subscriber leaves: unsubscribed after the linger.
+    drop(solo);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            !nats
+                .subscriptions()
+                .get("node1")
+                .is_some_and(|v| v.contains("uproar.solo"))
+        }),
+        "unsubscribed: {:?}",
+        nats.subscriptions()
+    );
+    assert_eq!(metric(nodes[0].addr, "uproar_broker_connected"), 1.0);
+    assert!(metric(nodes[0].addr, "uproar_broker_sent_total") >= (2 * N) as f64);
+    assert!(metric(nodes[0].addr, "uproar_broker_received_total") >= (4 * N) as f64);
+    for n in nodes {
+        n.stop_with_sigterm();
+    }
+}
+
+#[test]
+fn a_broker_outage_is_survived_counted_and_recovered() {
+    if !have_nats() {
+        return;
+    }
+    let (port, mport) = (free_port(), free_port());
+    let nats = Nats::start(port, mport);
+    let nodes: Vec<Example> = (0..2)
+        .map(|i| node(&nats.url(), &format!("out{i}")))
+        .collect();
+    for n in &nodes {
+        assert!(eventually(Duration::from_secs(10), || healthz(n.addr) == 200));
+    }
+    let mut a = Client::connect(nodes[0].addr, "/ws/o?mode=sub");
+    let mut b = Client::connect(nodes[1].addr, "/ws/o?mode=sub");
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = nats.subscriptions();
+        ["out0", "out1"]
+            .iter()
+            .all(|n| s.get(*n).is_some_and(|v| v.contains("uproar.o")))
+    }));
+    assert_eq!(post(nodes[0].addr, "o", "before"), 200);
+    assert_eq!(a.recv(), Got::Text("before".into()));
+    assert_eq!(b.recv(), Got::Text("before".into()));
+    nats.kill();
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || healthz(n.addr) == 503),
+            "unhealthy while cut off"
+        );
+    }
+    // Local delivery goes on; the message is lost for the other node, and counted.
+    assert_eq!(post(nodes[0].addr, "o", "during"), 200);
+    assert_eq!(a.recv(), Got::Text("during".into()));
+    assert!(
+        metric(
+            nodes[0].addr,
+            "uproar_broker_lost_total{reason=\"disconnected\"}"
+        ) >= 1.0
+    );
+    assert_eq!(metric(nodes[0].addr, "uproar_broker_connected"), 0.0);
+    // The broker comes back on the same port: reconnected, resubscribed, delivering again.
+    let nats = Nats::start(port, mport);
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(20), || healthz(n.addr) == 200),
+            "reconnected"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let s = nats.subscriptions();
+            ["out0", "out1"]
+                .iter()
+                .all(|n| s.get(*n).is_some_and(|v| v.contains("uproar.o")))
+        }),
+        "resubscribed: {:?}",
+        nats.subscriptions()
+    );
+    assert_eq!(post(nodes[0].addr, "o", "after"), 200);
+    assert_eq!(a.recv(), Got::Text("after".into()));
+    assert_eq!(
+        b.recv(),
+        Got::Text("after".into()),
+        "across nodes again; 'during' never arrived"
+    );
+    assert!(metric(nodes[0].addr, "uproar_broker_reconnects_total") >= 1.0);
+    for n in nodes {
+        n.stop_with_sigterm();
+    }
+}
