@@ -88,7 +88,8 @@ enum Cmd {
     },
     /// Publishers send to a topic URL at a fixed rate; every subscriber checks every message.
     Broadcast {
-        /// The topic URL subscribers connect to (e.g. ws://127.0.0.1:9001/ws/bench).
+        /// The topic URL subscribers connect to (e.g. ws://127.0.0.1:9001/ws/bench); several,
+        /// comma-separated (nodes of a cluster), spread the subscribers over them.
         #[arg(long)]
         url: String,
         #[arg(long, default_value_t = 100)]
@@ -107,7 +108,7 @@ enum Cmd {
         /// This fraction of subscribers stops reading after the handshake.
         #[arg(long, default_value_t = 0.0)]
         slow_fraction: f64,
-        /// Publishers' URL [default: --url with ?mode=pub].
+        /// Publishers' URL, or several comma-separated [default: each --url with ?mode=pub].
         #[arg(long)]
         publish_url: Option<String>,
         #[arg(long)]

@@ -130,7 +130,7 @@ pub struct RunConfig {
     pub token: Option<String>,
     /// JSON-like payload filler (compressible like real text) instead of a repeated pattern.
     pub json: bool,
-    /// `ws://host:port/path`.
+    /// `ws://host:port/path` (or `wss://`); several, comma-separated, spread the clients over them.
     pub url: String,
     /// The scenario.
     pub scenario: Scenario,
@@ -331,10 +331,20 @@ impl Report {
 }
 
 fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), String> {
-    let mut target = Target::parse(&cfg.url)?;
-    if let Some(t) = &cfg.token {
-        target = target.with_query(&format!("token={t}"));
-    }
+    // Several URLs, comma-separated (nodes of a cluster): clients spread over them.
+    let parse_all = |urls: &str| -> Result<Vec<Target>, String> {
+        urls.split(',')
+            .map(|u| {
+                let t = Target::parse(u.trim())?;
+                Ok(match &cfg.token {
+                    Some(tok) => t.with_query(&format!("token={tok}")),
+                    None => t,
+                })
+            })
+            .collect()
+    };
+    let mut targets = parse_all(&cfg.url)?;
+    let target = targets.remove(0);
     let tls = match (&cfg.tls, target.tls) {
         (_, false) => None,
         (Some(c), true) => Some(c.clone()),
@@ -343,6 +353,8 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
     let mut params = Params {
         tls,
         pub_target: target.clone(),
+        more_pub_targets: Vec::new(),
+        more_targets: targets,
         target,
         size: STAMP_LEN,
         opcode: OpCode::Text,
@@ -419,16 +431,21 @@ fn plan(cfg: &RunConfig) -> Result<(Vec<Role>, Params, &'static str, Value), Str
                 return Err("--publishers must be between 1 and 16384".into());
             }
             params.publishers = *publishers;
-            params.pub_target = match publish_url {
+            match publish_url {
                 Some(u) => {
-                    let t = Target::parse(u)?;
-                    match &cfg.token {
-                        Some(tok) => t.with_query(&format!("token={tok}")),
-                        None => t,
-                    }
+                    let mut all = parse_all(u)?;
+                    params.pub_target = all.remove(0);
+                    params.more_pub_targets = all;
                 }
-                None => params.target.with_query("mode=pub"),
-            };
+                None => {
+                    params.pub_target = params.target.with_query("mode=pub");
+                    params.more_pub_targets = params
+                        .more_targets
+                        .iter()
+                        .map(|t| t.with_query("mode=pub"))
+                        .collect();
+                }
+            }
             let slow = ((*subscribers as f64) * slow_fraction.clamp(0.0, 1.0)).round() as usize;
             let mut roles: Vec<Role> = (0..*subscribers)
                 .map(|i| Role::Subscriber { slow: i < slow })

@@ -37,10 +37,29 @@ pub(crate) enum Role {
 }
 
 /// Parameters every worker shares.
+impl Params {
+    /// Client `id`'s target: with several URLs, subscribers (and echo clients) are spread over
+    /// them by id and publishers by publisher index, round-robin.
+    pub(crate) fn target_for(&self, id: usize, role: &Role) -> &Target {
+        let (first, more, i) = match role {
+            Role::Publisher(p) => (&self.pub_target, &self.more_pub_targets, usize::from(*p)),
+            _ => (&self.target, &self.more_targets, id),
+        };
+        match i % (1 + more.len()) {
+            0 => first,
+            k => &more[k - 1],
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Params {
     pub target: Target,
     pub pub_target: Target,
+    /// More URLs (`--url A,B,C`): clients are spread over `target` and these, round-robin.
+    pub more_targets: Vec<Target>,
+    /// More publish URLs, the same way.
+    pub more_pub_targets: Vec<Target>,
     pub size: usize,
     pub opcode: OpCode,
     /// Closed loop: messages in flight per echo connection.
@@ -298,7 +317,8 @@ impl Worker {
             }
             let i = self.next_pending;
             self.next_pending += 1;
-            let addr = self.params.target.addr;
+            let target = self.params.target_for(i, &self.clients[i].role).clone();
+            let addr = target.addr;
             let c = &mut self.clients[i];
             c.started = Instant::now();
             match TcpStream::connect(addr) {
@@ -309,7 +329,7 @@ impl Worker {
                         continue;
                     }
                     if let Some(cfg) = &self.params.tls {
-                        match crate::tls::connect(cfg, self.params.target.server_name()) {
+                        match crate::tls::connect(cfg, target.server_name()) {
                             Ok(t) => c.tls = Some(Box::new(t)),
                             Err(e) => {
                                 self.fail(i, format!("TLS: {e}"));
@@ -555,7 +575,10 @@ impl Worker {
         let Some(s) = c.stream.as_mut() else { return };
         match s.take_error() {
             Ok(Some(e)) | Err(e) => {
-                let msg = format!("connect to {}: {e}", self.params.target.addr);
+                let msg = format!(
+                    "connect to {}: {e}",
+                    self.params.target_for(i, &c.role).addr
+                );
                 self.fail(i, msg);
                 return;
             }
@@ -565,7 +588,10 @@ impl Worker {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
             Err(e) => {
-                let msg = format!("connect to {}: {e}", self.params.target.addr);
+                let msg = format!(
+                    "connect to {}: {e}",
+                    self.params.target_for(i, &c.role).addr
+                );
                 self.fail(i, msg);
                 return;
             }
@@ -582,11 +608,7 @@ impl Worker {
                 .record((c.started.elapsed().as_micros() as u64).max(1));
             return;
         }
-        let t = if matches!(c.role, Role::Publisher(_)) {
-            &self.params.pub_target
-        } else {
-            &self.params.target
-        };
+        let t = self.params.target_for(i, &c.role);
         let offer = uproar_wire::deflate::client_offer(&DEFLATE_OFFER);
         let extra: &[(&str, &str)] = if self.params.deflate {
             &[("Sec-WebSocket-Extensions", offer.as_str())]
