@@ -218,6 +218,86 @@ fn an_ed25519_public_key_verifies_eddsa_tokens() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A server verifying with `public` (PEM) accepts a token signed with `alg` by `private`.
+fn public_key_server_accepts(
+    public: &str,
+    private: &[u8],
+    alg: Algorithm,
+    key: fn(&[u8]) -> EncodingKey,
+) {
+    let dir = std::env::temp_dir().join(format!("uproar-pk-{}-{alg:?}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("public.pem");
+    std::fs::write(&path, public).unwrap();
+    let ex = uproar(&["--jwt-public-key", path.to_str().unwrap()]);
+    let token = encode(
+        &Header::new(alg),
+        &json!({"exp": now() + 60, "subscribe": ["*"]}),
+        &key(private),
+    )
+    .unwrap();
+    assert!(
+        ws(ex.addr, &format!("/ws/t?token={token}")).is_ok(),
+        "{alg:?}"
+    );
+    // Tampered: the payload of another token under this signature.
+    let other = encode(
+        &Header::new(alg),
+        &json!({"exp": now() + 60, "subscribe": ["secret"]}),
+        &key(private),
+    )
+    .unwrap();
+    let mut parts: Vec<&str> = token.split('.').collect();
+    parts[1] = other.split('.').nth(1).unwrap();
+    let forged = parts.join(".");
+    assert_eq!(
+        ws(ex.addr, &format!("/ws/t?token={forged}")).unwrap_err().0,
+        401
+    );
+    ex.stop_with_sigterm();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn es256_and_rs256_public_keys_verify_their_tokens() {
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    public_key_server_accepts(
+        &ec.public_key_pem(),
+        ec.serialize_pem().as_bytes(),
+        Algorithm::ES256,
+        |k| EncodingKey::from_ec_pem(k).unwrap(),
+    );
+    // An RSA key from openssl (rcgen's ring backend cannot generate RSA keys).
+    let rsa = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl (Debian's openssl package) generates the RSA test key");
+    assert!(rsa.status.success());
+    let public = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&rsa.stdout)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    public_key_server_accepts(
+        &String::from_utf8(public.stdout).unwrap(),
+        &rsa.stdout,
+        Algorithm::RS256,
+        |k| EncodingKey::from_rsa_pem(k).unwrap(),
+    );
+}
+
 #[test]
 fn over_the_message_rate_a_client_is_closed_or_its_messages_dropped() {
     let ex = uproar(&["--client-max-messages-per-sec", "10"]);
