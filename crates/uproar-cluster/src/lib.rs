@@ -44,7 +44,8 @@ const QUEUE: usize = 65_536;
 /// How the bridge connects.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// NATS server URLs (`nats://host:port`), several for a cluster: the client fails over.
+    /// NATS server URLs (`nats://host:port`), several for a cluster: the client fails over;
+    /// or one Redis URL (`redis://host:port`): Redis pub/sub.
     pub servers: Vec<String>,
     /// This node's id: tags what it publishes. Unique per node.
     pub node_id: String,
@@ -279,7 +280,16 @@ impl BridgeRunner {
                         return;
                     }
                 };
-                rt.block_on(self.run(publisher));
+                if self
+                    .config
+                    .servers
+                    .iter()
+                    .any(|s| s.starts_with("redis://"))
+                {
+                    rt.block_on(self.run_redis(publisher));
+                } else {
+                    rt.block_on(self.run(publisher));
+                }
             })
     }
 
@@ -404,6 +414,203 @@ impl BridgeRunner {
     }
 }
 
+/// A message on Redis, which has no headers: `U`, version 1, the kind (`t` or `b`), the origin
+/// node id's length (one byte) and the id, then the payload as it is.
+fn envelope(node: &str, kind: DataKind, payload: &[u8]) -> Vec<u8> {
+    let id = &node.as_bytes()[..node.len().min(255)];
+    let mut v = Vec::with_capacity(4 + id.len() + payload.len());
+    v.extend_from_slice(&[b'U', 1, if kind == DataKind::Text { b't' } else { b'b' }]);
+    v.push(id.len() as u8);
+    v.extend_from_slice(id);
+    v.extend_from_slice(payload);
+    v
+}
+
+/// The origin, kind and payload of an [`envelope`]; `None` if it is not one.
+fn open_envelope(v: &[u8]) -> Option<(&[u8], DataKind, &[u8])> {
+    let (head, rest) = v.split_first_chunk::<4>()?;
+    if head[..2] != [b'U', 1] {
+        return None;
+    }
+    let kind = match head[2] {
+        b't' => DataKind::Text,
+        b'b' => DataKind::Binary,
+        _ => return None,
+    };
+    let n = usize::from(head[3]);
+    (rest.len() >= n).then(|| (&rest[..n], kind, &rest[n..]))
+}
+
+impl BridgeRunner {
+    /// Redis pub/sub: one connection subscribing (split into a sink that subscribes and a stream
+    /// of messages), one publishing. Channels are `{prefix}.{topic}`. On any error both are
+    /// dropped and made again with backoff, and every topic with local subscribers is
+    /// subscribed again.
+    async fn run_redis(mut self, publisher: Publisher) {
+        let stats = self.stats.clone();
+        let url = self.config.servers[0].clone();
+        let node = self.config.node_id.clone();
+        let prefix = self.config.prefix.clone();
+        let channel = |t: &str| format!("{prefix}.{t}");
+        let client = match redis::Client::open(url.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cluster: bad Redis URL");
+                return;
+            }
+        };
+        // Topic -> generation (for the linger), subscribed or wanted.
+        let mut topics: HashMap<Box<str>, u64> = HashMap::new();
+        let mut generation = 0u64;
+        let mut attempt = 0u32;
+        let mut ever = false;
+        loop {
+            let conns = async {
+                let ps = client.get_async_pubsub().await?;
+                let pubc = client.get_multiplexed_async_connection().await?;
+                Ok::<_, redis::RedisError>((ps, pubc))
+            }
+            .await;
+            let (ps, mut pubc) = match conns {
+                Ok(c) => c,
+                Err(e) => {
+                    attempt += 1;
+                    let wait = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)))
+                        .min(Duration::from_secs(5));
+                    tracing::debug!(error = %e, ?wait, "cluster: Redis unreachable");
+                    // Keep the wanted topics current meanwhile; publishes are counted as lost by
+                    // the observer (not connected).
+                    let deadline = tokio::time::sleep(wait);
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            _ = &mut deadline => break,
+                            ev = self.rx.recv() => match ev {
+                                None => return,
+                                Some(ev) => self.redis_offline(ev, &mut topics, &mut generation),
+                            },
+                        }
+                    }
+                    continue;
+                }
+            };
+            attempt = 0;
+            let (mut sink, mut stream) = ps.split();
+            let mut ok = true;
+            for t in topics.keys() {
+                ok &= sink.subscribe(channel(t)).await.is_ok();
+            }
+            if !ok {
+                continue;
+            }
+            stats
+                .subscribed
+                .store(topics.len() as u64, Ordering::Relaxed);
+            stats.connected.store(true, Ordering::Relaxed);
+            if std::mem::replace(&mut ever, true) {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!("cluster: connected to Redis");
+            loop {
+                tokio::select! {
+                    msg = stream.next() => {
+                        let Some(msg) = msg else { break };
+                        let Some(topic) = msg.get_channel_name().strip_prefix(&format!("{prefix}.")).map(str::to_owned) else { continue };
+                        let Some((origin, kind, payload)) = open_envelope(msg.get_payload_bytes()) else { continue };
+                        if origin == node.as_bytes() {
+                            continue;
+                        }
+                        stats.received.fetch_add(1, Ordering::Relaxed);
+                        let _ = publisher.publish_frame_local(&topic, &Frame::new(kind, payload));
+                    }
+                    ev = self.rx.recv() => {
+                        let Some(ev) = ev else { return };
+                        let r: redis::RedisResult<()> = match ev {
+                            Event::Publish(topic, kind, payload) => {
+                                let r = redis::cmd("PUBLISH")
+                                    .arg(channel(&topic))
+                                    .arg(envelope(&node, kind, &payload))
+                                    .query_async::<i64>(&mut pubc)
+                                    .await;
+                                match r {
+                                    Ok(_) => { stats.sent.fetch_add(1, Ordering::Relaxed); Ok(()) }
+                                    Err(e) => { stats.lose(Lost::Disconnected); Err(e) }
+                                }
+                            }
+                            Event::Active(topic) => {
+                                generation += 1;
+                                let fresh = topics.insert(topic.clone(), generation).is_none();
+                                stats.subscribed.store(topics.len() as u64, Ordering::Relaxed);
+                                if fresh { sink.subscribe(channel(&topic)).await } else { Ok(()) }
+                            }
+                            Event::Idle(topic) => {
+                                if let Some(g) = topics.get_mut(&topic) {
+                                    generation += 1;
+                                    *g = generation;
+                                    self.linger(topic, generation);
+                                }
+                                Ok(())
+                            }
+                            Event::Unsubscribe(topic, g) => {
+                                if topics.get(&topic) == Some(&g) {
+                                    topics.remove(&topic);
+                                    stats.subscribed.store(topics.len() as u64, Ordering::Relaxed);
+                                    sink.unsubscribe(channel(&topic)).await
+                                } else {
+                                    Ok(())
+                                }
+                            }
+                        };
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            stats.connected.store(false, Ordering::Relaxed);
+            tracing::warn!(
+                "cluster: Redis connection lost; local delivery goes on, messages for other nodes are counted as lost"
+            );
+        }
+    }
+
+    /// An event while Redis is unreachable: only the wanted topics change.
+    fn redis_offline(&self, ev: Event, topics: &mut HashMap<Box<str>, u64>, generation: &mut u64) {
+        match ev {
+            Event::Publish(..) => self.stats.lose(Lost::Disconnected),
+            Event::Active(topic) => {
+                *generation += 1;
+                topics.insert(topic, *generation);
+            }
+            Event::Idle(topic) => {
+                if let Some(g) = topics.get_mut(&topic) {
+                    *generation += 1;
+                    *g = *generation;
+                    self.linger(topic, *generation);
+                }
+            }
+            Event::Unsubscribe(topic, g) => {
+                if topics.get(&topic) == Some(&g) {
+                    topics.remove(&topic);
+                }
+            }
+        }
+        self.stats
+            .subscribed
+            .store(topics.len() as u64, Ordering::Relaxed);
+    }
+
+    /// After the linger, unsubscribe `topic` unless it became active again since.
+    fn linger(&self, topic: Box<str>, generation: u64) {
+        let tx = self.tx.clone();
+        let linger = self.config.linger;
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            let _ = tx.send(Event::Unsubscribe(topic, generation)).await;
+        });
+    }
+}
+
 /// Subscribe to `topic` at the broker; the task delivering its messages here.
 async fn subscribe(
     client: &async_nats::Client,
@@ -446,6 +653,22 @@ async fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_envelopes_round_trip_and_refuse_other_bytes() {
+        let v = envelope("node-1", DataKind::Text, b"hello");
+        assert_eq!(
+            open_envelope(&v),
+            Some((&b"node-1"[..], DataKind::Text, &b"hello"[..]))
+        );
+        let v = envelope("n", DataKind::Binary, b"");
+        assert_eq!(
+            open_envelope(&v),
+            Some((&b"n"[..], DataKind::Binary, &b""[..]))
+        );
+        assert_eq!(open_envelope(b"plain text"), None);
+        assert_eq!(open_envelope(&[b'U', 1, b't', 9, b'x']), None);
+    }
 
     #[test]
     fn subjects_escape_separators_and_wildcards_and_round_trip() {

@@ -200,7 +200,8 @@ struct Args {
     client_rate_limit_policy: Policy,
 
     /// Share topics with other uproar nodes through a broker: nats://HOST:PORT, several
-    /// separated by commas for a NATS cluster (the client fails over). A message published on
+    /// separated by commas for a NATS cluster (the client fails over), or one redis://HOST:PORT
+    /// (Redis pub/sub). A message published on
     /// any node then reaches the subscribers of every node (at most once across nodes, in
     /// order per publisher); a node subscribes at the broker only to topics it has
     /// subscribers for. Default none: a single node.
@@ -322,14 +323,16 @@ fn main() {
     let cluster = if args.broker.is_empty() {
         None
     } else {
-        if let Some(bad) = args.broker.iter().find(|b| !b.starts_with("nats://")) {
+        let nats = args.broker.iter().all(|b| b.starts_with("nats://"));
+        let redis = args.broker.len() == 1 && args.broker[0].starts_with("redis://");
+        if !nats && !redis {
             eprintln!(
-                "uproar: --broker {bad}: only nats:// brokers are supported (Redis is not yet)"
+                "uproar: --broker takes nats://HOST:PORT (several, comma-separated, for a NATS cluster) or one redis://HOST:PORT"
             );
             std::process::exit(1);
         }
         let node_id = args.node_id.clone().unwrap_or_else(random_node_id);
-        tracing::info!(node_id, brokers = ?args.broker, "cluster: sharing topics through NATS");
+        tracing::info!(node_id, brokers = ?args.broker, "cluster: sharing topics through the broker");
         let mut cfg = uproar_cluster::ClusterConfig::new(args.broker.clone(), node_id);
         cfg.prefix = args.broker_prefix.clone();
         cfg.linger = args.broker_linger;

@@ -22,17 +22,14 @@ fn required() -> bool {
     std::env::var_os("UPROAR_REQUIRE_CLIENTS").is_some_and(|v| v == "1")
 }
 
-fn have_nats() -> bool {
-    let ok = Command::new("nats-server")
+fn have(cmd: &str) -> bool {
+    let ok = Command::new(cmd)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(
-            !required(),
-            "nats-server missing, and UPROAR_REQUIRE_CLIENTS=1"
-        );
-        eprintln!("skipped: needs nats-server (apt install nats-server)");
+        assert!(!required(), "{cmd} missing, and UPROAR_REQUIRE_CLIENTS=1");
+        eprintln!("skipped: needs {cmd} (apt install {cmd})");
     }
     ok
 }
@@ -79,10 +76,6 @@ impl Nats {
         n
     }
 
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
     /// The subjects each client connection (by name: the node id) is subscribed to.
     fn subscriptions(&self) -> BTreeMap<String, BTreeSet<String>> {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.mport).parse().unwrap();
@@ -103,10 +96,133 @@ impl Nats {
         }
         out
     }
+}
 
-    fn kill(mut self) {
+/// What the shared test bodies need of a broker.
+trait Broker {
+    fn url(&self) -> String;
+    /// How many connections are subscribed to `topic` at the broker, by its own view.
+    fn subscribers(&self, topic: &str) -> usize;
+    /// Whether node `id` is among them, where the broker can tell (NATS names connections).
+    fn subscribed_by(&self, topic: &str, id: &str) -> Option<bool>;
+    /// Kill the broker; [`start_again`](Self::start_again) brings it back on the same port.
+    fn stop(&mut self);
+    fn start_again(&mut self);
+}
+
+impl Broker for Nats {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+    fn subscribers(&self, topic: &str) -> usize {
+        let ch = uproar_cluster::subject("uproar", topic);
+        self.subscriptions()
+            .values()
+            .filter(|v| v.contains(&ch))
+            .count()
+    }
+    fn subscribed_by(&self, topic: &str, id: &str) -> Option<bool> {
+        let ch = uproar_cluster::subject("uproar", topic);
+        Some(
+            self.subscriptions()
+                .get(id)
+                .is_some_and(|v| v.contains(&ch)),
+        )
+    }
+    fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+    fn start_again(&mut self) {
+        // The old one's drop kills a process that is gone already: harmless.
+        *self = Nats::start(self.port, self.mport);
+    }
+}
+
+/// A redis-server on `port`, no persistence; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Redis { child, port };
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "redis-server did not start"
+        );
+        r
+    }
+
+    /// `PUBSUB NUMSUB channel`, in RESP over a plain socket.
+    fn numsub(&self, channel: &str) -> usize {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n",
+            channel.len()
+        )
+        .unwrap();
+        // The answer: *2 $len channel :count
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "redis closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(i) = text.rfind("\r\n:")
+                && let Some(end) = text[i + 3..].find("\r\n")
+            {
+                return text[i + 3..i + 3 + end].parse().unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker for Redis {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    fn subscribers(&self, topic: &str) -> usize {
+        self.numsub(&format!("uproar.{topic}"))
+    }
+    fn subscribed_by(&self, _: &str, _: &str) -> Option<bool> {
+        None
+    }
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    fn start_again(&mut self) {
+        *self = Redis::start(self.port);
     }
 }
 
@@ -169,11 +285,34 @@ fn recv_texts(c: &mut Client, n: usize) -> Vec<String> {
 }
 
 #[test]
-fn three_nodes_share_topics_exactly_once_in_order_per_publisher() {
-    if !have_nats() {
-        return;
+fn nats_three_nodes_share_topics_exactly_once_in_order_per_publisher() {
+    if have("nats-server") {
+        share_topics(&Nats::start(free_port(), free_port()));
     }
-    let nats = Nats::start(free_port(), free_port());
+}
+
+#[test]
+fn redis_three_nodes_share_topics_exactly_once_in_order_per_publisher() {
+    if have("redis-server") {
+        share_topics(&Redis::start(free_port()));
+    }
+}
+
+#[test]
+fn nats_outage_is_survived_counted_and_recovered() {
+    if have("nats-server") {
+        outage(Nats::start(free_port(), free_port()));
+    }
+}
+
+#[test]
+fn redis_outage_is_survived_counted_and_recovered() {
+    if have("redis-server") {
+        outage(Redis::start(free_port()));
+    }
+}
+
+fn share_topics(nats: &impl Broker) {
     let nodes: Vec<Example> = (0..3)
         .map(|i| node(&nats.url(), &format!("node{i}")))
         .collect();
@@ -193,17 +332,10 @@ fn three_nodes_share_topics_exactly_once_in_order_per_publisher() {
             ]
         })
         .collect();
-    let subject = "uproar.cl~2Et";
     assert!(
-        eventually(Duration::from_secs(10), || {
-            let s = nats.subscriptions();
-            (0..3).all(|i| {
-                s.get(&format!("node{i}"))
-                    .is_some_and(|v| v.contains(subject))
-            })
-        }),
-        "every node subscribed at the broker: {:?}",
-        nats.subscriptions()
+        eventually(Duration::from_secs(10), || nats.subscribers("cl.t") == 3),
+        "every node subscribed at the broker: {}",
+        nats.subscribers("cl.t")
     );
     // Publishers on every node: WebSocket and HTTP, 30 messages each.
     const N: usize = 30;
@@ -247,29 +379,19 @@ fn three_nodes_share_topics_exactly_once_in_order_per_publisher() {
     }
     // A topic with a subscriber on node 1 only: subscribed at the broker by node 1 alone.
     let mut solo = Client::connect(nodes[1].addr, "/ws/solo?mode=sub");
-    assert!(eventually(Duration::from_secs(10), || {
-        nats.subscriptions()
-            .get("node1")
-            .is_some_and(|v| v.contains("uproar.solo"))
-    }));
-    let s = nats.subscriptions();
-    assert!(
-        !s["node0"].contains("uproar.solo") && !s["node2"].contains("uproar.solo"),
-        "{s:?}"
-    );
+    assert!(eventually(Duration::from_secs(10), || nats
+        .subscribers("solo")
+        == 1));
+    if let Some(by1) = nats.subscribed_by("solo", "node1") {
+        assert!(by1, "the one subscription is node 1's");
+    }
     assert_eq!(post(nodes[2].addr, "solo", "to the one"), 200);
     assert_eq!(solo.recv(), Got::Text("to the one".into()));
     // The last subscriber leaves: unsubscribed after the linger.
     drop(solo);
     assert!(
-        eventually(Duration::from_secs(10), || {
-            !nats
-                .subscriptions()
-                .get("node1")
-                .is_some_and(|v| v.contains("uproar.solo"))
-        }),
-        "unsubscribed: {:?}",
-        nats.subscriptions()
+        eventually(Duration::from_secs(10), || nats.subscribers("solo") == 0),
+        "unsubscribed"
     );
     // loadtest across the nodes: 30 subscribers spread over the three, a publisher on each;
     // every delivery verified (none lost, duplicated or out of order per publisher).
@@ -312,13 +434,7 @@ fn three_nodes_share_topics_exactly_once_in_order_per_publisher() {
     }
 }
 
-#[test]
-fn a_broker_outage_is_survived_counted_and_recovered() {
-    if !have_nats() {
-        return;
-    }
-    let (port, mport) = (free_port(), free_port());
-    let nats = Nats::start(port, mport);
+fn outage<B: Broker>(nats: B) {
     let nodes: Vec<Example> = (0..2)
         .map(|i| node(&nats.url(), &format!("out{i}")))
         .collect();
@@ -327,16 +443,14 @@ fn a_broker_outage_is_survived_counted_and_recovered() {
     }
     let mut a = Client::connect(nodes[0].addr, "/ws/o?mode=sub");
     let mut b = Client::connect(nodes[1].addr, "/ws/o?mode=sub");
-    assert!(eventually(Duration::from_secs(10), || {
-        let s = nats.subscriptions();
-        ["out0", "out1"]
-            .iter()
-            .all(|n| s.get(*n).is_some_and(|v| v.contains("uproar.o")))
-    }));
+    assert!(eventually(Duration::from_secs(10), || nats
+        .subscribers("o")
+        == 2));
     assert_eq!(post(nodes[0].addr, "o", "before"), 200);
     assert_eq!(a.recv(), Got::Text("before".into()));
     assert_eq!(b.recv(), Got::Text("before".into()));
-    nats.kill();
+    let mut nats = nats;
+    nats.stop();
     for n in &nodes {
         assert!(
             eventually(Duration::from_secs(10), || healthz(n.addr) == 503),
@@ -354,7 +468,7 @@ fn a_broker_outage_is_survived_counted_and_recovered() {
     );
     assert_eq!(metric(nodes[0].addr, "uproar_broker_connected"), 0.0);
     // The broker comes back on the same port: reconnected, resubscribed, delivering again.
-    let nats = Nats::start(port, mport);
+    nats.start_again();
     for n in &nodes {
         assert!(
             eventually(Duration::from_secs(20), || healthz(n.addr) == 200),
@@ -362,14 +476,8 @@ fn a_broker_outage_is_survived_counted_and_recovered() {
         );
     }
     assert!(
-        eventually(Duration::from_secs(10), || {
-            let s = nats.subscriptions();
-            ["out0", "out1"]
-                .iter()
-                .all(|n| s.get(*n).is_some_and(|v| v.contains("uproar.o")))
-        }),
-        "resubscribed: {:?}",
-        nats.subscriptions()
+        eventually(Duration::from_secs(10), || nats.subscribers("o") == 2),
+        "resubscribed"
     );
     assert_eq!(post(nodes[0].addr, "o", "after"), 200);
     assert_eq!(a.recv(), Got::Text("after".into()));
