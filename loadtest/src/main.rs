@@ -22,6 +22,10 @@ struct Cli {
     /// The server's pid: its CPU time over the window and its RSS go into the report.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// NAME=PID: this process's CPU over the window goes into the report too (other nodes of a
+    /// cluster, a broker); repeatable.
+    #[arg(long, global = true, value_parser = name_pid)]
+    measure_pid: Vec<(String, u32)>,
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -248,6 +252,7 @@ fn main() -> ExitCode {
         warmup,
         threads,
         server_pid: cli.server_pid,
+        measure_pids: cli.measure_pid.clone(),
         progress: !cli.quiet && !cli.json,
     };
     match run(&cfg) {
@@ -268,4 +273,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--measure-pid NAME=PID`.
+fn name_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
+    let pid = pid.parse().map_err(|e| format!("{pid}: {e}"))?;
+    Ok((name.to_owned(), pid))
 }

@@ -142,6 +142,9 @@ pub struct RunConfig {
     pub threads: usize,
     /// The server's pid, for its CPU time and memory.
     pub server_pid: Option<u32>,
+    /// More processes whose CPU over the window goes into the report, by name (the other nodes
+    /// of a cluster, a broker).
+    pub measure_pids: Vec<(String, u32)>,
     /// A live progress line on a terminal.
     pub progress: bool,
 }
@@ -193,6 +196,8 @@ pub struct Report {
     pub messages_per_server_cpu_sec: Option<f64>,
     /// Server RSS at the end, KiB.
     pub server_rss_kib: Option<u64>,
+    /// CPU over the window, in cores, of each process of [`RunConfig::measure_pids`].
+    pub measured_cpu: BTreeMap<String, f64>,
     /// Connect: server RSS growth per open connection, KiB.
     pub rss_per_connection_kib: Option<f64>,
     /// Connections that negotiated permessage-deflate (`--deflate`).
@@ -248,6 +253,7 @@ impl Report {
             "server_cpu": self.server_cpu,
             "messages_per_server_cpu_sec": self.messages_per_server_cpu_sec,
             "server_rss_kib": self.server_rss_kib,
+            "measured_cpu": self.measured_cpu,
             "rss_per_connection_kib": self.rss_per_connection_kib,
             "deflate_connections": self.deflate_connections,
             "bytes_in_wire": self.bytes_in_wire,
@@ -312,6 +318,9 @@ impl Report {
                 s += &format!(", {m:.0} deliveries per server CPU-second");
             }
             s += "\n";
+        }
+        for (name, c) in &self.measured_cpu {
+            s += &format!("cpu of {name:<8} {c:.2} cores\n");
         }
         if let Some(r) = self.server_rss_kib {
             s += &format!("server rss      {r} KiB");
@@ -476,9 +485,10 @@ struct Sample {
     client: f64,
     threads: Vec<f64>,
     server: Option<f64>,
+    others: Vec<Option<f64>>,
 }
 
-fn sample(shared: &Shared, pid: Option<u32>) -> Sample {
+fn sample(shared: &Shared, pid: Option<u32>, others: &[(String, u32)]) -> Sample {
     let tids = shared.tids.lock().expect("tids").clone();
     Sample {
         at: Instant::now(),
@@ -488,6 +498,10 @@ fn sample(shared: &Shared, pid: Option<u32>) -> Sample {
             .map(|t| sys::thread_cpu(*t).unwrap_or(0.0))
             .collect(),
         server: pid.and_then(|p| sys::process_cpu(p).ok()),
+        others: others
+            .iter()
+            .map(|(_, p)| sys::process_cpu(*p).ok())
+            .collect(),
     }
 }
 
@@ -654,9 +668,9 @@ pub fn run(cfg: &RunConfig) -> Result<Report, String> {
             shared.end_ns.store(ns(end), Relaxed);
             shared.set_phase(Phase::Running);
             wait(warm, &shared, &mut progress, total, "warm-up");
-            s0 = Some(sample(&shared, cfg.server_pid));
+            s0 = Some(sample(&shared, cfg.server_pid, &cfg.measure_pids));
             wait(end, &shared, &mut progress, total, "running");
-            s1 = Some(sample(&shared, cfg.server_pid));
+            s1 = Some(sample(&shared, cfg.server_pid, &cfg.measure_pids));
             window = cfg.duration;
             shared.set_phase(Phase::Draining);
             // Let in-flight messages arrive: until nothing is outstanding (echo) or nothing
@@ -708,6 +722,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, String> {
         _ => deliveries_per_sec,
     };
     let (mut client_cpu, mut max_thread, mut server_cpu) = (0.0, 0.0, None);
+    let mut measured_cpu = BTreeMap::new();
     if let (Some(a), Some(b)) = (&s0, &s1) {
         let dt = (b.at - a.at).as_secs_f64().max(1e-9);
         client_cpu = (b.client - a.client) / dt;
@@ -718,6 +733,11 @@ pub fn run(cfg: &RunConfig) -> Result<Report, String> {
             .map(|(x, y)| (y - x) / dt)
             .fold(0.0, f64::max);
         server_cpu = a.server.zip(b.server).map(|(x, y)| (y - x) / dt);
+        for (((name, _), x), y) in cfg.measure_pids.iter().zip(&a.others).zip(&b.others) {
+            if let (Some(x), Some(y)) = (x, y) {
+                measured_cpu.insert(name.clone(), (y - x) / dt);
+            }
+        }
     }
     let per_cpu_sec = server_cpu
         .filter(|c| *c > 0.0)
@@ -751,6 +771,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report, String> {
         server_cpu,
         messages_per_server_cpu_sec: per_cpu_sec,
         server_rss_kib: rss_open.or(rss_end),
+        measured_cpu,
         rss_per_connection_kib: rss_per_conn,
         deflate_connections: all.counters.deflate,
         bytes_in_wire: all.counters.wire_in,

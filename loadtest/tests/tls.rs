@@ -58,6 +58,7 @@ fn cfg(url: String, scenario: Scenario, ca: &TestCa) -> RunConfig {
         warmup: Duration::from_millis(200),
         threads: 2,
         server_pid: Some(std::process::id()),
+        measure_pids: Vec::new(),
         progress: false,
     }
 }

@@ -18,6 +18,10 @@
 //!   NATS keeps the order of one connection's messages to each subscriber).
 //! - Broker down: local delivery goes on; messages for other nodes are counted as lost (never
 //!   queued without bound); the client reconnects with backoff and resubscribes.
+//! - Nothing is lost unseen: what a node cannot send it counts (`lost`); what it sent but
+//!   another node never received (killed in the broker's buffers, published while that node
+//!   was not yet resubscribed) that node counts (`missed`), from gaps in the per-topic
+//!   sequence numbers each message carries.
 //!
 //! See `docs/cluster.md`.
 
@@ -35,6 +39,17 @@ use uproar::{DataKind, Frame, NodeObserver, Publisher};
 const ORIGIN: &str = "Uproar-Origin";
 /// Header saying whether the message is text (`t`) or binary (`b`).
 const KIND: &str = "Uproar-Kind";
+/// Header with the origin's sequence number of the message on its topic: `EPOCH.SEQ`, the
+/// epoch in hex (see [`Sequencer`]).
+const SEQ: &str = "Uproar-Seq";
+
+/// Topics a node keeps a sequence number for; why 65,536: as many topics as a node publishes to
+/// in practice. Past it the numbers start again under a new epoch (receivers then start afresh
+/// instead of counting a gap), so many one-off topics cannot grow the map without bound.
+const SEQ_TOPICS: usize = 65_536;
+/// Origins a receiving node tracks per topic; why 1,024: far more nodes than a cluster has,
+/// while nodes restarted under fresh random ids cannot grow the map without bound.
+const SEQ_ORIGINS: usize = 1_024;
 
 /// Events waiting for the bridge thread; why 65,536: a burst of publishes during a broker
 /// hiccup fits, and a stalled bridge costs at most this many messages' references (the
@@ -101,6 +116,7 @@ pub struct ClusterStats {
     sent: AtomicU64,
     received: AtomicU64,
     lost: [AtomicU64; 3],
+    missed: AtomicU64,
     subscribed: AtomicU64,
 }
 
@@ -125,6 +141,13 @@ impl ClusterStats {
     pub fn lost(&self, why: Lost) -> u64 {
         self.lost[why as usize].load(Ordering::Relaxed)
     }
+    /// Messages from other nodes that never arrived here: sent to the broker by their origin
+    /// (so not in its `lost`) but missing from the sequence this node received, on a topic it was
+    /// subscribed to (the broker restarted with them in its buffers, or this node was not yet
+    /// subscribed again). Counted when the next message from that origin on that topic arrives.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
     /// Topics subscribed at the broker (lingering ones included).
     pub fn subscribed(&self) -> u64 {
         self.subscribed.load(Ordering::Relaxed)
@@ -132,6 +155,77 @@ impl ClusterStats {
     fn lose(&self, why: Lost) {
         self.lost[why as usize].fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The sending side's sequence numbers: per topic, 1, 2, 3... for the messages this node sends to
+/// the broker, under an epoch that differs between runs of the node (and changes when the map is
+/// cleared), so a receiver tells "numbers started again" from "messages went missing".
+struct Sequencer {
+    epoch: u32,
+    next: HashMap<Box<str>, u64>,
+}
+
+impl Sequencer {
+    fn new() -> Sequencer {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Sequencer {
+            epoch: now.subsec_nanos() ^ (now.as_secs() as u32) ^ std::process::id().rotate_left(16),
+            next: HashMap::new(),
+        }
+    }
+
+    /// The number of the next message on `topic`.
+    fn take(&mut self, topic: &str) -> (u32, u64) {
+        if self.next.len() >= SEQ_TOPICS && !self.next.contains_key(topic) {
+            self.next.clear();
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        let n = self.next.entry(topic.into()).or_insert(0);
+        *n += 1;
+        (self.epoch, *n)
+    }
+
+    /// The message numbered last on `topic` was not sent after all: its number is free again
+    /// (its loss is counted by the sender, so the receivers must not see a gap for it).
+    fn give_back(&mut self, topic: &str) {
+        if let Some(n) = self.next.get_mut(topic) {
+            *n -= 1;
+        }
+    }
+}
+
+/// The receiving side, for one topic: the last (epoch, number) seen from each origin.
+#[derive(Default)]
+struct Gaps {
+    last: HashMap<Box<[u8]>, (u32, u64)>,
+}
+
+impl Gaps {
+    /// A message from `origin` numbered (`epoch`, `seq`) arrived: how many before it went missing.
+    fn arrived(&mut self, origin: &[u8], epoch: u32, seq: u64) -> u64 {
+        if self.last.len() >= SEQ_ORIGINS && !self.last.contains_key(origin) {
+            self.last.clear();
+        }
+        match self.last.insert(origin.into(), (epoch, seq)) {
+            Some((e, prev)) if e == epoch && seq > prev => seq - prev - 1,
+            _ => 0,
+        }
+    }
+}
+
+/// The most the headers of one of our NATS messages take (the epoch at most 8 hex digits, the
+/// number at most 20 decimal ones): NATS counts them against its `max_payload`.
+fn header_bytes(node: &str) -> usize {
+    let line = |k: &str, v: usize| k.len() + 2 + v + 2;
+    "NATS/1.0\r\n".len() + line(ORIGIN, node.len()) + line(KIND, 1) + line(SEQ, 8 + 1 + 20) + 2
+}
+
+/// `EPOCH.SEQ` of the [`SEQ`] header.
+fn parse_seq(v: &str) -> Option<(u32, u64)> {
+    let (e, n) = v.split_once('.')?;
+    Some((u32::from_str_radix(e, 16).ok()?, n.parse().ok()?))
 }
 
 enum Event {
@@ -351,18 +445,31 @@ impl BridgeRunner {
         let mut subs: HashMap<Box<str>, (u64, Option<tokio::task::JoinHandle<()>>)> =
             HashMap::new();
         let mut generation = 0u64;
+        let mut seqs = Sequencer::new();
         while let Some(ev) = self.rx.recv().await {
             if stats.connected() {
-                let mp = client.server_info().max_payload as u64;
+                // NATS counts the headers against its limit.
+                let mp = client.server_info().max_payload;
                 if mp > 0 {
-                    self.max_payload.store(mp, Ordering::Relaxed);
+                    self.max_payload.store(
+                        mp.saturating_sub(header_bytes(&node)) as u64,
+                        Ordering::Relaxed,
+                    );
                 }
             }
             match ev {
                 Event::Publish(topic, kind, payload) => {
+                    // The observer checks too, but it may not have known the limit yet.
+                    let max = client.server_info().max_payload;
+                    if max > 0 && payload.len() + header_bytes(&node) > max {
+                        stats.lose(Lost::TooLarge);
+                        continue;
+                    }
                     let mut h = async_nats::HeaderMap::new();
                     h.insert(ORIGIN, node.as_str());
                     h.insert(KIND, if kind == DataKind::Text { "t" } else { "b" });
+                    let (epoch, seq) = seqs.take(&topic);
+                    h.insert(SEQ, format!("{epoch:x}.{seq}").as_str());
                     match client
                         .publish_with_headers(subject(&prefix, &topic), h, payload)
                         .await
@@ -370,7 +477,10 @@ impl BridgeRunner {
                         Ok(()) => {
                             stats.sent.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(_) => stats.lose(Lost::Disconnected),
+                        Err(_) => {
+                            seqs.give_back(&topic);
+                            stats.lose(Lost::Disconnected);
+                        }
                     }
                 }
                 Event::Active(topic) => {
@@ -414,22 +524,35 @@ impl BridgeRunner {
     }
 }
 
-/// A message on Redis, which has no headers: `U`, version 1, the kind (`t` or `b`), the origin
-/// node id's length (one byte) and the id, then the payload as it is.
-fn envelope(node: &str, kind: DataKind, payload: &[u8]) -> Vec<u8> {
+/// A message on Redis, which has no headers: `U`, version 2, the kind (`t` or `b`), the origin
+/// node id's length (one byte) and the id, the sequence epoch (4 bytes) and number (8 bytes,
+/// big-endian; see [`Sequencer`]), then the payload as it is.
+fn envelope(node: &str, kind: DataKind, (epoch, seq): (u32, u64), payload: &[u8]) -> Vec<u8> {
     let id = &node.as_bytes()[..node.len().min(255)];
-    let mut v = Vec::with_capacity(4 + id.len() + payload.len());
-    v.extend_from_slice(&[b'U', 1, if kind == DataKind::Text { b't' } else { b'b' }]);
+    let mut v = Vec::with_capacity(16 + id.len() + payload.len());
+    v.extend_from_slice(&[b'U', 2, if kind == DataKind::Text { b't' } else { b'b' }]);
     v.push(id.len() as u8);
     v.extend_from_slice(id);
+    v.extend_from_slice(&epoch.to_be_bytes());
+    v.extend_from_slice(&seq.to_be_bytes());
     v.extend_from_slice(payload);
     v
 }
 
-/// The origin, kind and payload of an [`envelope`]; `None` if it is not one.
-fn open_envelope(v: &[u8]) -> Option<(&[u8], DataKind, &[u8])> {
+/// What an [`envelope`] carries.
+#[derive(Debug, PartialEq)]
+struct Opened<'a> {
+    origin: &'a [u8],
+    kind: DataKind,
+    epoch: u32,
+    seq: u64,
+    payload: &'a [u8],
+}
+
+/// Open an [`envelope`]; `None` if it is not one.
+fn open_envelope(v: &[u8]) -> Option<Opened<'_>> {
     let (head, rest) = v.split_first_chunk::<4>()?;
-    if head[..2] != [b'U', 1] {
+    if head[..2] != [b'U', 2] {
         return None;
     }
     let kind = match head[2] {
@@ -437,8 +560,16 @@ fn open_envelope(v: &[u8]) -> Option<(&[u8], DataKind, &[u8])> {
         b'b' => DataKind::Binary,
         _ => return None,
     };
-    let n = usize::from(head[3]);
-    (rest.len() >= n).then(|| (&rest[..n], kind, &rest[n..]))
+    let (origin, rest) = rest.split_at_checked(usize::from(head[3]))?;
+    let (epoch, rest) = rest.split_first_chunk::<4>()?;
+    let (seq, payload) = rest.split_first_chunk::<8>()?;
+    Some(Opened {
+        origin,
+        kind,
+        epoch: u32::from_be_bytes(*epoch),
+        seq: u64::from_be_bytes(*seq),
+        payload,
+    })
 }
 
 impl BridgeRunner {
@@ -462,6 +593,9 @@ impl BridgeRunner {
         // Topic -> generation (for the linger), subscribed or wanted.
         let mut topics: HashMap<Box<str>, u64> = HashMap::new();
         let mut generation = 0u64;
+        let mut seqs = Sequencer::new();
+        // Per subscribed topic, the sequence seen from each origin.
+        let mut gaps: HashMap<Box<str>, Gaps> = HashMap::new();
         let mut attempt = 0u32;
         let mut ever = false;
         loop {
@@ -487,7 +621,10 @@ impl BridgeRunner {
                             _ = &mut deadline => break,
                             ev = self.rx.recv() => match ev {
                                 None => return,
-                                Some(ev) => self.redis_offline(ev, &mut topics, &mut generation),
+                                Some(ev) => {
+                                    self.redis_offline(ev, &mut topics, &mut generation);
+                                    gaps.retain(|t, _| topics.contains_key(t));
+                                }
                             },
                         }
                     }
@@ -516,12 +653,16 @@ impl BridgeRunner {
                     msg = stream.next() => {
                         let Some(msg) = msg else { break };
                         let Some(topic) = msg.get_channel_name().strip_prefix(&format!("{prefix}.")).map(str::to_owned) else { continue };
-                        let Some((origin, kind, payload)) = open_envelope(msg.get_payload_bytes()) else { continue };
-                        if origin == node.as_bytes() {
+                        let Some(m) = open_envelope(msg.get_payload_bytes()) else { continue };
+                        if m.origin == node.as_bytes() {
                             continue;
                         }
+                        if topics.contains_key(topic.as_str()) {
+                            let missed = gaps.entry(topic.as_str().into()).or_default().arrived(m.origin, m.epoch, m.seq);
+                            stats.missed.fetch_add(missed, Ordering::Relaxed);
+                        }
                         stats.received.fetch_add(1, Ordering::Relaxed);
-                        let _ = publisher.publish_frame_local(&topic, &Frame::new(kind, payload));
+                        let _ = publisher.publish_frame_local(&topic, &Frame::new(m.kind, m.payload));
                     }
                     ev = self.rx.recv() => {
                         let Some(ev) = ev else { return };
@@ -529,12 +670,16 @@ impl BridgeRunner {
                             Event::Publish(topic, kind, payload) => {
                                 let r = redis::cmd("PUBLISH")
                                     .arg(channel(&topic))
-                                    .arg(envelope(&node, kind, &payload))
+                                    .arg(envelope(&node, kind, seqs.take(&topic), &payload))
                                     .query_async::<i64>(&mut pubc)
                                     .await;
                                 match r {
                                     Ok(_) => { stats.sent.fetch_add(1, Ordering::Relaxed); Ok(()) }
-                                    Err(e) => { stats.lose(Lost::Disconnected); Err(e) }
+                                    Err(e) => {
+                                        seqs.give_back(&topic);
+                                        stats.lose(Lost::Disconnected);
+                                        Err(e)
+                                    }
                                 }
                             }
                             Event::Active(topic) => {
@@ -554,6 +699,7 @@ impl BridgeRunner {
                             Event::Unsubscribe(topic, g) => {
                                 if topics.get(&topic) == Some(&g) {
                                     topics.remove(&topic);
+                                    gaps.remove(&topic);
                                     stats.subscribed.store(topics.len() as u64, Ordering::Relaxed);
                                     sink.unsubscribe(channel(&topic)).await
                                 } else {
@@ -634,6 +780,7 @@ async fn subscribe(
         stats.clone(),
     );
     Some(tokio::spawn(async move {
+        let mut gaps = Gaps::default();
         while let Some(msg) = sub.next().await {
             let headers = msg.headers.as_ref();
             let origin = headers.and_then(|h| h.get(ORIGIN)).map(|v| v.as_str());
@@ -644,6 +791,13 @@ async fn subscribe(
                 Some("t") => DataKind::Text,
                 _ => DataKind::Binary,
             };
+            let seq = headers
+                .and_then(|h| h.get(SEQ))
+                .and_then(|v| parse_seq(v.as_str()));
+            if let (Some(origin), Some((epoch, seq))) = (origin, seq) {
+                let missed = gaps.arrived(origin.as_bytes(), epoch, seq);
+                stats.missed.fetch_add(missed, Ordering::Relaxed);
+            }
             stats.received.fetch_add(1, Ordering::Relaxed);
             let _ = publisher.publish_frame_local(&topic, &Frame::new(kind, &msg.payload));
         }
@@ -656,18 +810,79 @@ mod tests {
 
     #[test]
     fn redis_envelopes_round_trip_and_refuse_other_bytes() {
-        let v = envelope("node-1", DataKind::Text, b"hello");
+        let v = envelope("node-1", DataKind::Text, (7, 42), b"hello");
         assert_eq!(
             open_envelope(&v),
-            Some((&b"node-1"[..], DataKind::Text, &b"hello"[..]))
+            Some(Opened {
+                origin: b"node-1",
+                kind: DataKind::Text,
+                epoch: 7,
+                seq: 42,
+                payload: b"hello"
+            })
         );
-        let v = envelope("n", DataKind::Binary, b"");
+        let v = envelope("n", DataKind::Binary, (u32::MAX, u64::MAX), b"");
+        let o = open_envelope(&v).unwrap();
         assert_eq!(
-            open_envelope(&v),
-            Some((&b"n"[..], DataKind::Binary, &b""[..]))
+            (o.origin, o.kind, o.epoch, o.seq, o.payload),
+            (&b"n"[..], DataKind::Binary, u32::MAX, u64::MAX, &b""[..])
         );
         assert_eq!(open_envelope(b"plain text"), None);
-        assert_eq!(open_envelope(&[b'U', 1, b't', 9, b'x']), None);
+        // Cut anywhere short of the payload: not an envelope.
+        for cut in 0..v.len() {
+            assert_eq!(open_envelope(&v[..cut]), None, "{cut}");
+        }
+        assert_eq!(open_envelope(&[b'U', 1, b't', 1, b'x', 0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn sequence_numbers_count_exactly_the_gaps() {
+        let mut out = Sequencer::new();
+        let mut g = Gaps::default();
+        // 1 and 2 arrive, 3 and 4 go missing, 5 arrives: 2 missed.
+        let nums: Vec<_> = (0..5).map(|_| out.take("t")).collect();
+        assert_eq!(
+            nums.iter().map(|n| n.1).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        let missed: Vec<u64> = [0, 1, 4]
+            .iter()
+            .map(|&i| g.arrived(b"a", nums[i].0, nums[i].1))
+            .collect();
+        assert_eq!(missed, [0, 0, 2]);
+        // A number given back (the send failed, the sender counts it) is used again: no gap.
+        let n6 = out.take("t");
+        out.give_back("t");
+        assert_eq!(out.take("t"), n6);
+        assert_eq!(g.arrived(b"a", n6.0, n6.1), 0);
+        // Topics and origins are counted apart.
+        assert_eq!(out.take("u").1, 1);
+        assert_eq!(
+            g.arrived(b"b", n6.0, 9),
+            0,
+            "first from an origin: nothing known"
+        );
+        // A new epoch (the origin restarted): start afresh, no gap.
+        assert_eq!(g.arrived(b"a", n6.0.wrapping_add(1), 100), 0);
+        assert_eq!(g.arrived(b"a", n6.0.wrapping_add(1), 101), 0);
+        // A repeat or an older number counts nothing.
+        assert_eq!(g.arrived(b"a", n6.0.wrapping_add(1), 101), 0);
+        assert_eq!(parse_seq("1f.42"), Some((31, 42)));
+        assert_eq!(parse_seq("x.1"), None);
+        assert_eq!(parse_seq("12"), None);
+    }
+
+    #[test]
+    fn the_sequencer_forgets_topics_past_its_bound_under_a_new_epoch() {
+        let mut out = Sequencer::new();
+        let e0 = out.take("t0").0;
+        for i in 1..SEQ_TOPICS {
+            out.take(&format!("t{i}"));
+        }
+        assert_eq!(out.next.len(), SEQ_TOPICS);
+        let (e1, n) = out.take("one more");
+        assert_eq!((e1, n), (e0.wrapping_add(1), 1));
+        assert_eq!(out.next.len(), 1);
     }
 
     #[test]
