@@ -58,6 +58,9 @@ pub(crate) struct Counters {
     pub(crate) rate_limit_drops: AtomicU64,
     /// Connections closed when their token expired.
     pub(crate) token_expired_closes: AtomicU64,
+    /// SIGHUP reloads of the TLS certificates: done, and failed (the previous ones kept).
+    pub(crate) tls_reloads: AtomicU64,
+    pub(crate) tls_reload_failures: AtomicU64,
 }
 
 impl Counters {

@@ -9,6 +9,7 @@ mod units;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -395,6 +396,7 @@ fn main() {
     if let Some((bridge, _)) = &cluster {
         b = b.observer(Arc::new(bridge.clone()));
     }
+    let reload_settings = settings.clone();
     let server = match b.start(move |_| App {
         settings: settings.clone(),
     }) {
@@ -422,6 +424,7 @@ fn main() {
     let grace = args.shutdown_grace;
     let (certs, keys) = (args.tls_cert.clone(), args.tls_key.clone());
     std::thread::spawn(move || {
+        let counters = &reload_settings.counters;
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
                 if certs.is_empty() {
@@ -430,10 +433,19 @@ fn main() {
                 }
                 // New handshakes get the new certificate; a bad file keeps the old one.
                 match load_tls(&certs, &keys).map(|t| handle.reload_tls(t)) {
-                    Ok(Ok(())) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS reload"),
-                    Err(e) => tracing::error!(error = %e,
-                        "SIGHUP: TLS certificates not reloaded; serving the previous ones"),
+                    Ok(Ok(())) => {
+                        counters.tls_reloads.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("SIGHUP: TLS certificates reloaded")
+                    }
+                    Ok(Err(e)) => {
+                        counters.tls_reload_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "SIGHUP: TLS reload")
+                    }
+                    Err(e) => {
+                        counters.tls_reload_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e,
+                        "SIGHUP: TLS certificates not reloaded; serving the previous ones")
+                    }
                 }
                 continue;
             }

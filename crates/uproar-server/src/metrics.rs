@@ -231,6 +231,16 @@ pub(crate) fn render(
             "Client messages dropped for going over the rate limit.",
             &server.rate_limit_drops,
         ),
+        (
+            "uproar_tls_reloads_total",
+            "TLS certificates reloaded on SIGHUP.",
+            &server.tls_reloads,
+        ),
+        (
+            "uproar_tls_reload_failures_total",
+            "SIGHUP reloads that failed (a bad file): the previous certificates are still served.",
+            &server.tls_reload_failures,
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -263,6 +273,12 @@ pub(crate) fn render(
                 "counter",
                 "Messages from other nodes delivered here.",
                 c.received(),
+            ),
+            (
+                "uproar_broker_missed_total",
+                "counter",
+                "Messages other nodes sent to the broker that never arrived here (gaps in their sequence numbers).",
+                c.missed(),
             ),
             (
                 "uproar_broker_topics",
