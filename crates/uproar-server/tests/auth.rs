@@ -179,12 +179,16 @@ fn the_static_publish_token_still_works_beside_jwts() {
 #[test]
 fn an_expiring_token_closes_the_connection_with_1008() {
     let ex = uproar(&["--jwt-secret", SECRET, "--jwt-leeway", "0s"]);
-    let t = hs256(json!({"exp": now() + 2, "subscribe": ["*"]}));
+    // 3 s (`now` is in whole seconds: between 2 and 3 s of validity, room for a slow upgrade).
+    let t = hs256(json!({"exp": now() + 3, "subscribe": ["*"]}));
     let mut c = ws(ex.addr, &format!("/ws/t?mode=sub&token={t}")).unwrap();
     let t0 = Instant::now();
     assert_eq!(c.expect_close(), (1008, "token expired".into()));
     let waited = t0.elapsed();
-    assert!(waited <= Duration::from_secs(3), "closed after {waited:?}");
+    assert!(
+        waited <= Duration::from_millis(4500),
+        "closed after {waited:?}"
+    );
     assert!(eventually(Duration::from_secs(2), || metric(
         ex.addr,
         "uproar_token_expired_closes_total"
@@ -302,6 +306,7 @@ fn es256_and_rs256_public_keys_verify_their_tokens() {
 fn over_the_message_rate_a_client_is_closed_or_its_messages_dropped() {
     let ex = uproar(&["--client-max-messages-per-sec", "10"]);
     let mut c = ws(ex.addr, "/echo").unwrap();
+    let t0 = Instant::now();
     for i in 0..30 {
         c.send_text(&format!("m{i}"));
     }
@@ -316,8 +321,11 @@ fn over_the_message_rate_a_client_is_closed_or_its_messages_dropped() {
             other => panic!("{other:?}"),
         }
     }
+    // A second's worth, plus what the bucket refilled while the server read them (10 per
+    // second: none unless the machine stalled).
+    let refill = |since: Instant| 10 + (since.elapsed().as_secs_f64() * 10.0).ceil() as usize + 1;
     assert!(
-        (10..=12).contains(&echoed),
+        (10..=refill(t0)).contains(&echoed),
         "burst of one second's worth: {echoed}"
     );
     assert_eq!(metric(ex.addr, "uproar_rate_limit_closes_total"), 1.0);
@@ -330,9 +338,11 @@ fn over_the_message_rate_a_client_is_closed_or_its_messages_dropped() {
         "drop",
     ]);
     let mut c = ws(ex.addr, "/echo").unwrap();
+    let t0 = Instant::now();
     for i in 0..30 {
         c.send_text(&format!("m{i}"));
     }
+    let most = refill(t0) + 1;
     // A second later the bucket has refilled: the marker passes on the same connection.
     std::thread::sleep(Duration::from_millis(1100));
     c.send_text("marker");
@@ -344,7 +354,7 @@ fn over_the_message_rate_a_client_is_closed_or_its_messages_dropped() {
             other => panic!("{other:?}"),
         }
     }
-    assert!((10..=12).contains(&got.len()), "{got:?}");
+    assert!((10..=most).contains(&got.len()), "{got:?}");
     let want: Vec<String> = (0..got.len()).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want, "the first ones pass, in order");
     let dropped = metric(ex.addr, "uproar_rate_limit_drops_total");

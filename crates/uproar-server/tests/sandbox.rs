@@ -94,13 +94,16 @@ fn auto_falls_back_to_epoll_where_io_uring_is_denied_and_serves() {
     for i in 0..20 {
         publisher.send_text(&format!("m{i}"));
     }
-    let req = b"POST /publish/box HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nlast";
-    let (status, _, body) = http(addr, req);
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     for s in &mut subs {
         for i in 0..20 {
             assert_eq!(s.recv(), Got::Text(format!("m{i}")));
         }
+    }
+    // Then the HTTP publisher (order holds per publisher, not across two on different workers).
+    let req = b"POST /publish/box HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nlast";
+    let (status, _, body) = http(addr, req);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    for s in &mut subs {
         assert_eq!(s.recv(), Got::Text("last".into()));
     }
     let (_, _, metrics) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");

@@ -60,6 +60,13 @@ impl Handler for App {
     }
 }
 
+/// The tests of this file one at a time: the bomb test reads the process's peak RSS, which
+/// another test's server running beside it would raise.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn server(mode: Deflate, threads: usize) -> uproar::Server {
     builder()
         .deflate(mode)
@@ -190,6 +197,7 @@ fn json_like(n: usize, seed: u64) -> Vec<u8> {
 
 #[test]
 fn compressed_echo_in_both_modes_and_plain_without_an_offer() {
+    let _serial = serial();
     for (mode, want) in [
         (
             Deflate::Shared,
@@ -242,6 +250,7 @@ fn compressed_echo_in_both_modes_and_plain_without_an_offer() {
 /// once per subscriber); a message published with `no_compression` goes out plain to both.
 #[test]
 fn compressed_and_plain_subscribers_on_one_topic() {
+    let _serial = serial();
     let srv = server(Deflate::Shared, 2);
     let addr = srv.local_addr();
     let mut subs: Vec<(Peer, bool)> = (0..8)
@@ -255,31 +264,44 @@ fn compressed_and_plain_subscribers_on_one_topic() {
     for i in 0..20u64 {
         send(&mut publisher, 0, OpCode::Text, &json_like(800, i));
     }
-    let (mut raw_pub, _) = open(addr, "/raw/t", None);
-    send(&mut raw_pub, 0, OpCode::Binary, &[7; 500]);
     for (s, negotiated) in &mut subs {
         for i in 0..20u64 {
             let (compressed, op, got) = recv_message(s);
             assert_eq!((op, got), (OpCode::Text, json_like(800, i)));
             assert_eq!(compressed, *negotiated);
         }
+    }
+    // Only now the second publisher: order is kept per publisher, not across publishers on
+    // different workers, so sending it earlier could overtake the first one's messages.
+    let (mut raw_pub, _) = open(addr, "/raw/t", None);
+    send(&mut raw_pub, 0, OpCode::Binary, &[7; 500]);
+    for (s, _) in &mut subs {
         assert_eq!(
             recv_message(s),
             (false, OpCode::Binary, vec![7; 500]),
             "opted out: plain"
         );
     }
-    let stats = srv.handle().stats();
-    let compressed: u64 = stats.iter().map(|s| s.deflate_compressed).sum();
-    assert_eq!(compressed, 4 * 20, "per delivery, to the 4 that negotiated");
-    let plain: u64 = stats.iter().map(|s| s.deflate_plain).sum();
-    assert_eq!(plain, 4, "the opted-out message to the 4 that negotiated");
+    // (A worker publishes its statistics after it writes: poll.)
+    let sum =
+        |f: fn(&uproar::WorkerStats) -> u64| -> u64 { srv.handle().stats().iter().map(f).sum() };
+    assert!(
+        eventually(Duration::from_secs(5), || sum(|s| s.deflate_plain) == 4),
+        "the opted-out message to the 4 that negotiated: {}",
+        sum(|s| s.deflate_plain)
+    );
+    assert_eq!(
+        sum(|s| s.deflate_compressed),
+        4 * 20,
+        "per delivery, to the 4 that negotiated"
+    );
     srv.handle().shutdown(Duration::ZERO);
     srv.join().unwrap();
 }
 
 #[test]
 fn rsv1_misplaced_or_unnegotiated_is_1002() {
+    let _serial = serial();
     let srv = server(Deflate::Shared, 1);
     let addr = srv.local_addr();
     let (mut s, _) = open(addr, "/echo", Some("permessage-deflate"));
@@ -303,6 +325,7 @@ fn rsv1_misplaced_or_unnegotiated_is_1002() {
 
 #[test]
 fn corrupt_data_is_1007_and_counted() {
+    let _serial = serial();
     for mode in [Deflate::Shared, Deflate::Dedicated] {
         let srv = server(mode, 1);
         let (mut s, _) = open(srv.local_addr(), "/echo", Some("permessage-deflate"));
@@ -325,6 +348,7 @@ fn corrupt_data_is_1007_and_counted() {
 /// 1009 once the limit is reached; the server's memory grows by about the limit, not 16 MiB.
 #[test]
 fn a_bomb_is_1009_at_the_limit_with_memory_bounded() {
+    let _serial = serial();
     let srv = server(Deflate::Shared, 1);
     let rss_kib = || -> u64 {
         let st = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -371,6 +395,7 @@ fn a_bomb_is_1009_at_the_limit_with_memory_bounded() {
 /// does; either way nothing hangs and the next connection is served.
 #[test]
 fn a_truncated_stream_does_not_hang_the_server() {
+    let _serial = serial();
     let srv = server(Deflate::Shared, 1);
     let z = compress(&json_like(5000, 3));
     let (mut s, _) = open(srv.local_addr(), "/echo", Some("permessage-deflate"));

@@ -20,6 +20,8 @@ use uproar::{
 struct Topics;
 
 static UNBLOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set while a worker is held by `block`.
+static BLOCKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 struct Conn {
     topic: String,
@@ -63,6 +65,7 @@ impl Handler for Topics {
             Some("block") => {
                 // Hold this worker until the test lets go (bounded: 10 s).
                 let t = std::time::Instant::now();
+                BLOCKED.store(true, std::sync::atomic::Ordering::Release);
                 while !UNBLOCK.load(std::sync::atomic::Ordering::Acquire)
                     && t.elapsed() < Duration::from_secs(10)
                 {
@@ -393,7 +396,8 @@ fn a_full_inbox_refuses_publishes_and_counts_them() {
     let mut slow = by_worker.remove(&1).unwrap();
     let mut fast = by_worker.remove(&0).unwrap();
     slow.send_text("block");
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(eventually(Duration::from_secs(5), || BLOCKED
+        .load(std::sync::atomic::Ordering::Acquire)));
     let extra = 10;
     fast.send_text(&format!("spam {}", (1 << 16) + extra));
     let stats = || server.handle().stats();

@@ -61,13 +61,17 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
+    setup_with(name, Duration::from_secs(1))
+}
+
+fn setup_with(name: &str, handshake_timeout: Duration) -> Setup {
     let ca = TestCa::new(name);
     let cert = ca.server_cert("server", &["localhost", "127.0.0.1"]);
     let tls = TlsConfig::from_pem_files(&cert.cert, &cert.key).unwrap();
     let server = builder()
         .tls(tls)
         .max_message_size(2 << 20)
-        .handshake_timeout(Duration::from_secs(1))
+        .handshake_timeout(handshake_timeout)
         .start(|_| App)
         .unwrap();
     let addr = server.local_addr();
@@ -232,7 +236,8 @@ fn client_hello(s: &Setup) -> (rustls::ClientConnection, Vec<u8>) {
 
 #[test]
 fn a_client_hello_sent_one_byte_at_a_time_completes() {
-    let s = setup("bytewise");
+    // A roomy handshake timeout: some 250 writes with a pause each, on a maybe busy machine.
+    let s = setup_with("bytewise", Duration::from_secs(20));
     let (conn, hello) = client_hello(&s);
     let mut tcp = TcpStream::connect(s.addr).unwrap();
     tcp.set_nodelay(true).unwrap();
@@ -254,9 +259,9 @@ fn a_client_hello_sent_one_byte_at_a_time_completes() {
 fn a_handshake_that_stops_halfway_is_closed_at_the_timeout() {
     let s = setup("halfway");
     let (_, hello) = client_hello(&s);
+    let t0 = std::time::Instant::now();
     let mut tcp = TcpStream::connect(s.addr).unwrap();
     tcp.write_all(&hello[..hello.len() / 2]).unwrap();
-    let t0 = std::time::Instant::now();
     assert!(closed_within(&mut tcp, Duration::from_secs(5)));
     assert!(
         t0.elapsed() >= Duration::from_millis(700),
