@@ -43,6 +43,11 @@ const KIND: &str = "Uproar-Kind";
 /// epoch in hex (see [`Sequencer`]).
 const SEQ: &str = "Uproar-Seq";
 
+/// Events the Redis bridge takes at once, and channels per SUBSCRIBE command; why 1,000: a
+/// burst of new topics (a node filling up after a restart) costs a round trip per thousand,
+/// and one command stays far below Redis's 1 GB query buffer limit.
+const SUBSCRIBE_BATCH: usize = 1_000;
+
 /// Topics a node keeps a sequence number for; why 65,536: as many topics as a node publishes to
 /// in practice. Past it the numbers start again under a new epoch (receivers then start afresh
 /// instead of counting a gap), so many one-off topics cannot grow the map without bound.
@@ -596,6 +601,7 @@ impl BridgeRunner {
         let mut seqs = Sequencer::new();
         // Per subscribed topic, the sequence seen from each origin.
         let mut gaps: HashMap<Box<str>, Gaps> = HashMap::new();
+        let mut batch = Vec::with_capacity(SUBSCRIBE_BATCH);
         let mut attempt = 0u32;
         let mut ever = false;
         loop {
@@ -633,9 +639,14 @@ impl BridgeRunner {
             };
             attempt = 0;
             let (mut sink, mut stream) = ps.split();
+            // Every wanted topic again, SUBSCRIBE_BATCH channels per command.
+            let all: Vec<String> = topics.keys().map(|t| channel(t)).collect();
             let mut ok = true;
-            for t in topics.keys() {
-                ok &= sink.subscribe(channel(t)).await.is_ok();
+            for chunk in all.chunks(SUBSCRIBE_BATCH) {
+                if sink.subscribe(chunk.to_vec()).await.is_err() {
+                    ok = false;
+                    break;
+                }
             }
             if !ok {
                 continue;
@@ -664,8 +675,32 @@ impl BridgeRunner {
                         stats.received.fetch_add(1, Ordering::Relaxed);
                         let _ = publisher.publish_frame_local(&topic, &Frame::new(m.kind, m.payload));
                     }
-                    ev = self.rx.recv() => {
-                        let Some(ev) = ev else { return };
+                    n = self.rx.recv_many(&mut batch, SUBSCRIBE_BATCH) => {
+                        if n == 0 {
+                            return;
+                        }
+                        // Topics that became active, gathered into one SUBSCRIBE until another
+                        // kind of event comes (which goes after them: order is kept).
+                        let mut fresh: Vec<String> = Vec::new();
+                        let mut failed = false;
+                        for ev in batch.drain(..) {
+                            if failed {
+                                // The connection is gone: the rest as when offline.
+                                self.redis_offline(ev, &mut topics, &mut generation);
+                                continue;
+                            }
+                            if let Event::Active(topic) = &ev {
+                                generation += 1;
+                                if topics.insert(topic.clone(), generation).is_none() {
+                                    fresh.push(channel(topic));
+                                }
+                                continue;
+                            }
+                            if !fresh.is_empty() && sink.subscribe(std::mem::take(&mut fresh)).await.is_err() {
+                                failed = true;
+                                self.redis_offline(ev, &mut topics, &mut generation);
+                                continue;
+                            }
                         let r: redis::RedisResult<()> = match ev {
                             Event::Publish(topic, kind, payload) => {
                                 let r = redis::cmd("PUBLISH")
@@ -682,12 +717,8 @@ impl BridgeRunner {
                                     }
                                 }
                             }
-                            Event::Active(topic) => {
-                                generation += 1;
-                                let fresh = topics.insert(topic.clone(), generation).is_none();
-                                stats.subscribed.store(topics.len() as u64, Ordering::Relaxed);
-                                if fresh { sink.subscribe(channel(&topic)).await } else { Ok(()) }
-                            }
+                            // (Gathered above.)
+                            Event::Active(_) => Ok(()),
                             Event::Idle(topic) => {
                                 if let Some(g) = topics.get_mut(&topic) {
                                     generation += 1;
@@ -707,7 +738,14 @@ impl BridgeRunner {
                                 }
                             }
                         };
-                        if r.is_err() {
+                        failed = r.is_err();
+                        }
+                        if !failed && !fresh.is_empty() {
+                            failed = sink.subscribe(fresh).await.is_err();
+                        }
+                        stats.subscribed.store(topics.len() as u64, Ordering::Relaxed);
+                        if failed {
+                            gaps.retain(|t, _| topics.contains_key(t));
                             break;
                         }
                     }

@@ -219,6 +219,44 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// How many channels matching `pattern` have subscribers (`PUBSUB CHANNELS pattern`).
+    fn channels(&self, pattern: &str) -> usize {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "*3\r\n$6\r\nPUBSUB\r\n$8\r\nCHANNELS\r\n${}\r\n{pattern}\r\n",
+            pattern.len()
+        )
+        .unwrap();
+        // The answer's first line: *N (the names follow; not needed).
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim().strip_prefix('*').unwrap().parse().unwrap()
+    }
+
+    /// How many times Redis ran `command` since it started (`INFO commandstats`).
+    fn calls(&self, command: &str) -> u64 {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+            .unwrap();
+        let mut r = BufReader::new(s);
+        let mut head = String::new();
+        r.read_line(&mut head).unwrap();
+        let len: usize = head.trim().strip_prefix('$').unwrap().parse().unwrap();
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .map_or(0, |v| v.split(',').next().unwrap().parse().unwrap())
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -767,4 +805,40 @@ fn nats_max_payload_is_refused_for_the_cluster_delivered_locally_and_counted() {
         n.stop_with_sigterm();
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// 1,100 topics subscribed in a burst (more than one SUBSCRIBE batch of 1,000): all subscribed
+/// at Redis; Redis restarted: all subscribed again.
+#[test]
+fn redis_a_burst_of_topics_is_subscribed_in_batches_and_again_after_a_restart() {
+    if !have("redis-server") {
+        return;
+    }
+    const T: usize = 1100;
+    let mut redis = Redis::start(free_port());
+    let n = node(&redis.url(), "many");
+    assert!(eventually(Duration::from_secs(10), || healthz(n.addr) == 200));
+    let _subs: Vec<Client> = (0..T)
+        .map(|i| Client::connect(n.addr, &format!("/ws/many{i}?mode=sub")))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(20), || redis.channels("uproar.many*")
+            == T),
+        "{} of {T} subscribed",
+        redis.channels("uproar.many*")
+    );
+    assert_eq!(metric(n.addr, "uproar_broker_topics"), T as f64);
+    redis.stop();
+    assert!(eventually(Duration::from_secs(10), || healthz(n.addr) == 503));
+    redis.start_again();
+    assert!(eventually(Duration::from_secs(20), || healthz(n.addr) == 200));
+    assert!(
+        eventually(Duration::from_secs(20), || redis.channels("uproar.many*")
+            == T),
+        "{} of {T} subscribed again",
+        redis.channels("uproar.many*")
+    );
+    // In batches: two SUBSCRIBE commands (1,000 and 100 channels) since the restart.
+    assert_eq!(redis.calls("subscribe"), 2);
+    n.stop_with_sigterm();
 }
