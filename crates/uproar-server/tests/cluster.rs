@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use uproar_testkit::*;
+use uproar_wire::DataKind;
 
 fn required() -> bool {
     std::env::var_os("UPROAR_REQUIRE_CLIENTS").is_some_and(|v| v == "1")
@@ -529,6 +530,12 @@ fn share_topics(nats: &impl Broker) {
     assert_eq!(post(nodes[0].addr, "cl.t", "marker"), 200);
     for s in &mut subs {
         assert_eq!(s.recv(), Got::Text("marker".into()));
+    }
+    // Binary keeps its kind and its exact bytes (every byte value) across nodes.
+    let bytes: Vec<u8> = (0..=255u8).rev().chain(0..=255).collect();
+    pubs[2].send(DataKind::Binary, &bytes);
+    for s in &mut subs {
+        assert_eq!(s.recv(), Got::Binary(bytes.clone()));
     }
     // A topic with a subscriber on node 1 only: subscribed at the broker by node 1 alone.
     let mut solo = Client::connect(nodes[1].addr, "/ws/solo?mode=sub");
