@@ -387,6 +387,21 @@ fn check_stream(
     lost + missed
 }
 
+/// Two nodes on `broker` (ids `{prefix}0`, `{prefix}1`), healthy, a subscriber to `o` on each,
+/// synced (see [`sync`]).
+fn two_nodes(broker: &str, prefix: &str) -> (Vec<Example>, Client, Client) {
+    let nodes: Vec<Example> = (0..2)
+        .map(|i| node(broker, &format!("{prefix}{i}")))
+        .collect();
+    for n in &nodes {
+        assert!(eventually(Duration::from_secs(10), || healthz(n.addr) == 200));
+    }
+    let mut a = Client::connect(nodes[0].addr, "/ws/o?mode=sub");
+    let mut b = Client::connect(nodes[1].addr, "/ws/o?mode=sub");
+    sync(&nodes[0], &nodes[1], &mut a, &mut b);
+    (nodes, a, b)
+}
+
 fn node(nats: &str, id: &str) -> Example {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_uproar"));
     cmd.env("RUST_LOG", "warn")
@@ -617,18 +632,11 @@ fn share_topics(nats: &impl Broker) {
 }
 
 fn outage<B: Broker>(mut nats: B) {
-    let nodes: Vec<Example> = (0..2)
-        .map(|i| node(&nats.url(), &format!("out{i}")))
-        .collect();
-    for n in &nodes {
-        assert!(eventually(Duration::from_secs(10), || healthz(n.addr) == 200));
-    }
-    let mut a = Client::connect(nodes[0].addr, "/ws/o?mode=sub");
-    let mut b = Client::connect(nodes[1].addr, "/ws/o?mode=sub");
-    assert!(eventually(Duration::from_secs(10), || nats
-        .subscribers("o")
-        == 2));
-    sync(&nodes[0], &nodes[1], &mut a, &mut b);
+    let (nodes, mut a, mut b) = two_nodes(&nats.url(), "out");
+    assert!(
+        eventually(Duration::from_secs(10), || nats.subscribers("o") == 2),
+        "both nodes subscribed at the broker"
+    );
     // A publisher on node 0 streams through the whole outage.
     let (stop, publisher) = stream(nodes[0].addr);
     std::thread::sleep(Duration::from_millis(300));
@@ -708,15 +716,7 @@ fn nats_cluster_one_server_killed_nodes_fail_over() {
         .iter()
         .map(|p| format!("nats://127.0.0.1:{}", p.0))
         .collect();
-    let nodes: Vec<Example> = (0..2)
-        .map(|i| node(&urls.join(","), &format!("fo{i}")))
-        .collect();
-    for n in &nodes {
-        assert!(eventually(Duration::from_secs(10), || healthz(n.addr) == 200));
-    }
-    let mut a = Client::connect(nodes[0].addr, "/ws/o?mode=sub");
-    let mut b = Client::connect(nodes[1].addr, "/ws/o?mode=sub");
-    sync(&nodes[0], &nodes[1], &mut a, &mut b);
+    let (nodes, mut a, mut b) = two_nodes(&urls.join(","), "fo");
     // Which server node 0 is on (NATS names the connection by the node id).
     fn on(servers: &[Option<Nats>], id: &str) -> Option<usize> {
         servers.iter().position(|s| {
@@ -775,18 +775,7 @@ fn nats_max_payload_is_refused_for_the_cluster_delivered_locally_and_counted() {
         free_port(),
         vec!["-c".into(), conf.display().to_string()],
     );
-    let nodes: Vec<Example> = (0..2)
-        .map(|i| node(&nats.url(), &format!("mp{i}")))
-        .collect();
-    for n in &nodes {
-        assert!(eventually(Duration::from_secs(10), || healthz(n.addr) == 200));
-    }
-    let mut a = Client::connect(nodes[0].addr, "/ws/o?mode=sub");
-    let mut b = Client::connect(nodes[1].addr, "/ws/o?mode=sub");
-    assert!(eventually(Duration::from_secs(10), || nats
-        .subscribers("o")
-        == 2));
-    sync(&nodes[0], &nodes[1], &mut a, &mut b);
+    let (nodes, mut a, mut b) = two_nodes(&nats.url(), "mp");
     let big = "x".repeat(3000);
     assert_eq!(post(nodes[0].addr, "o", &big), 200);
     assert_eq!(post(nodes[0].addr, "o", "small"), 200);
