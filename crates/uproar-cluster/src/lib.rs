@@ -701,44 +701,44 @@ impl BridgeRunner {
                                 self.redis_offline(ev, &mut topics, &mut generation);
                                 continue;
                             }
-                        let r: redis::RedisResult<()> = match ev {
-                            Event::Publish(topic, kind, payload) => {
-                                let r = redis::cmd("PUBLISH")
-                                    .arg(channel(&topic))
-                                    .arg(envelope(&node, kind, seqs.take(&topic), &payload))
-                                    .query_async::<i64>(&mut pubc)
-                                    .await;
-                                match r {
-                                    Ok(_) => { stats.sent.fetch_add(1, Ordering::Relaxed); Ok(()) }
-                                    Err(e) => {
-                                        seqs.give_back(&topic);
-                                        stats.lose(Lost::Disconnected);
-                                        Err(e)
+                            let r: redis::RedisResult<()> = match ev {
+                                Event::Publish(topic, kind, payload) => {
+                                    let r = redis::cmd("PUBLISH")
+                                        .arg(channel(&topic))
+                                        .arg(envelope(&node, kind, seqs.take(&topic), &payload))
+                                        .query_async::<i64>(&mut pubc)
+                                        .await;
+                                    match r {
+                                        Ok(_) => { stats.sent.fetch_add(1, Ordering::Relaxed); Ok(()) }
+                                        Err(e) => {
+                                            seqs.give_back(&topic);
+                                            stats.lose(Lost::Disconnected);
+                                            Err(e)
+                                        }
                                     }
                                 }
-                            }
-                            // (Gathered above.)
-                            Event::Active(_) => Ok(()),
-                            Event::Idle(topic) => {
-                                if let Some(g) = topics.get_mut(&topic) {
-                                    generation += 1;
-                                    *g = generation;
-                                    self.linger(topic, generation);
-                                }
-                                Ok(())
-                            }
-                            Event::Unsubscribe(topic, g) => {
-                                if topics.get(&topic) == Some(&g) {
-                                    topics.remove(&topic);
-                                    gaps.remove(&topic);
-                                    stats.subscribed.store(topics.len() as u64, Ordering::Relaxed);
-                                    sink.unsubscribe(channel(&topic)).await
-                                } else {
+                                // (Gathered above.)
+                                Event::Active(_) => Ok(()),
+                                Event::Idle(topic) => {
+                                    if let Some(g) = topics.get_mut(&topic) {
+                                        generation += 1;
+                                        *g = generation;
+                                        self.linger(topic, generation);
+                                    }
                                     Ok(())
                                 }
-                            }
-                        };
-                        failed = r.is_err();
+                                Event::Unsubscribe(topic, g) => {
+                                    if topics.get(&topic) == Some(&g) {
+                                        topics.remove(&topic);
+                                        gaps.remove(&topic);
+                                        stats.subscribed.store(topics.len() as u64, Ordering::Relaxed);
+                                        sink.unsubscribe(channel(&topic)).await
+                                    } else {
+                                        Ok(())
+                                    }
+                                }
+                            };
+                            failed = r.is_err();
                         }
                         if !failed && !fresh.is_empty() {
                             failed = sink.subscribe(fresh).await.is_err();
