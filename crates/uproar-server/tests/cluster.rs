@@ -18,6 +18,7 @@
 //!   locally and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -85,21 +86,27 @@ impl Nats {
             mport,
             extra,
         };
+        // Both the client port and the monitoring port: the tests read `/connz` right away.
         assert!(
-            eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
+            eventually(Duration::from_secs(10), || [port, mport]
+                .iter()
+                .all(|&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok())),
             "nats-server did not start"
         );
         n
     }
 
     /// The subjects each client connection (by name: the node id) is subscribed to.
+    /// A server that refuses the monitoring connection (killed, or a cluster peer restarting)
+    /// has no known subscriptions: an empty map, and the callers poll again.
     fn subscriptions(&self) -> BTreeMap<String, BTreeSet<String>> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.mport).parse().unwrap();
-        let (status, _, body) = http(addr, b"GET /connz?subs=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.mport)) else {
+            return BTreeMap::new();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /connz?subs=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (status, _, body) = read_response(&mut s);
         assert_eq!(status, 200);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let mut out = BTreeMap::new();
