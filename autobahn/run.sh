@@ -15,7 +15,8 @@
 # wstest on PATH, else pyenv's 2.7.18). With permessage-deflate the Python client's
 # compression makes groups 12-13 slow (minutes), so the cases are split over two wstest
 # processes, one per core. Runs for different drivers or modes may go in parallel: each has
-# its own directory and port. SKIP_BUILD=1 skips the build (CI builds once).
+# its own directory and port. ECHO=PATH runs that echo binary instead of building the release
+# one (CI builds everything once, in the test profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wstest=${WSTEST:-$(command -v wstest || echo "$HOME/.pyenv/versions/2.7.18/bin/wstest")}
@@ -38,7 +39,12 @@ esac
 port=${AUTOBAHN_PORT:-$port}
 out=target/autobahn-$driver-$deflate${tls:+-tls}
 
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p uproar --example echo
+echo_bin=${ECHO:-}
+if [ -z "$echo_bin" ]; then
+    cargo build --release -q -p uproar --example echo
+    echo_bin=target/release/examples/echo
+fi
+started=$SECONDS
 rm -rf "$out" && mkdir -p "$out"
 # stdin from a FIFO we hold open: closing it asks the server to shut down gracefully.
 mkfifo "$out/stop"
@@ -52,7 +58,7 @@ if [ -n "$tls" ]; then
     tls_args=(--tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
     scheme=wss
 fi
-target/release/examples/echo --listen "127.0.0.1:$port" --driver "$driver" --deflate "$deflate" \
+"$echo_bin" --listen "127.0.0.1:$port" --driver "$driver" --deflate "$deflate" \
     "${tls_args[@]}" --stop-on-eof <"$out/stop" >"$out/server.log" 2>&1 &
 server=$!
 exec 3>"$out/stop"
@@ -100,4 +106,5 @@ done
 exec 3>&-
 wait $server || { echo "echo server exited with an error ($driver)" >&2; cat "$out/server.log"; exit 1; }
 trap - EXIT
+echo "autobahn: wstest took $((SECONDS - started)) s"
 python3 autobahn/compare.py "$out"/*/report/index.json autobahn/expected.json $skip ${UPDATE:+--update}
