@@ -6,8 +6,15 @@ generator's busiest thread was above 90% too: read those per server CPU-second o
 `client limit` marks runs where the load generator's busiest thread was above 90% and the
 server was not: the load generator set the pace (per server CPU-second still holds).
 
-Usage: benches/summarize.py target/compare
+With PAIRS="A/B C/D" (servers), a second table: for each scenario and pair, the ratio A/B of
+deliveries per server CPU-second taken within each round (the two runs minutes apart at most,
+interleaved), then the median and range of those per-round ratios. On a machine whose speed
+drifts (shared hosts), a ratio of two medians taken over the whole run mixes the drift into
+the comparison; a per-round ratio cancels most of it.
+
+Usage: [PAIRS="uproar/uproar-before"] benches/summarize.py target/compare
 """
+import os
 import json
 import pathlib
 import statistics
@@ -15,6 +22,8 @@ import sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/compare")
 runs = {}
+# (scenario, server) -> {round: run}, for the per-round ratios.
+by_round = {}
 for f in sorted(root.glob("*/*/*.json")):
     rnd, sc, sv = f.parts[-3], f.parts[-2], f.stem
     try:
@@ -23,6 +32,7 @@ for f in sorted(root.glob("*/*/*.json")):
         err = f.with_suffix(".err").read_text().strip().splitlines()
         j = {"failed": err[-1] if err else "no output"}
     runs.setdefault((sc, sv), []).append(j)
+    by_round.setdefault((sc, sv), {})[rnd] = j
 
 
 def med(vals):
@@ -67,3 +77,21 @@ for (sc, sv), js in sorted(runs.items()):
     for j in js:
         if "failed" in j:
             print(f"\nfailed: {sc} {sv}: {j['failed']}")
+
+pairs = [p.split("/") for p in os.environ.get("PAIRS", "").split() if "/" in p]
+if pairs:
+    print("\n| scenario | pair | per-round ratio of deliveries / server CPU-s, median [range] | rounds |")
+    print("|---|---|---|---|")
+    for sc in sorted({sc for sc, _ in runs}):
+        if sc.startswith("idle"):
+            continue
+        for a, b in pairs:
+            ra, rb = by_round.get((sc, a), {}), by_round.get((sc, b), {})
+            ratios = []
+            for rnd in sorted(set(ra) & set(rb)):
+                x = ra[rnd].get("messages_per_server_cpu_sec")
+                y = rb[rnd].get("messages_per_server_cpu_sec")
+                if x and y:
+                    ratios.append(x / y)
+            if ratios:
+                print(f"| {sc} | {a} / {b} | {fmt(*med(ratios), digits=2)}x | {len(ratios)} |")

@@ -255,6 +255,49 @@ fn a_client_hello_sent_one_byte_at_a_time_completes() {
     assert_eq!(c.recv(), Got::Text("bytewise".into()));
 }
 
+/// The client's Finished and its first request in one segment (what a busy machine's TCP
+/// delivers when the two writes coalesce): the request is answered at once, not left waiting
+/// for another read.
+#[test]
+fn the_first_request_in_the_same_segment_as_the_clients_finished_is_answered() {
+    let s = setup("coalesced");
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        &b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\nGET / HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+    ] {
+        let (mut conn, hello) = client_hello(&s);
+        let mut tcp = TcpStream::connect(s.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(&hello).unwrap();
+        // The server's flight, up to its Finished; the client writes nothing meanwhile.
+        while conn.is_handshaking() {
+            conn.read_tls(&mut tcp).expect("the server's flight");
+            conn.process_new_packets().unwrap();
+        }
+        conn.writer().write_all(request).unwrap();
+        let mut segment = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut segment).unwrap();
+        }
+        tcp.write_all(&segment).unwrap();
+        let mut t = rustls::StreamOwned::new(conn, tcp);
+        let (status, _, body, rest) = read_response_and_rest(&mut t);
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"hello over TLS: /\n"[..])
+        );
+        if request.len() > 40 {
+            // The pipelined second request too.
+            let mut both = std::io::Cursor::new(rest).chain(&mut t);
+            let (status, _, body, _) = read_response_and_rest(&mut both);
+            assert_eq!(
+                (status, body.as_slice()),
+                (200, &b"hello over TLS: /\n"[..])
+            );
+        }
+    }
+}
+
 #[test]
 fn a_handshake_that_stops_halfway_is_closed_at_the_timeout() {
     let s = setup("halfway");

@@ -21,7 +21,7 @@ def tls_context(url):
 
 def main(url, deflate=False):
     compression = "deflate" if deflate else None
-    with connect(url, max_size=None, compression=compression, open_timeout=10, close_timeout=10,
+    with connect(url, max_size=None, compression=compression, open_timeout=30, close_timeout=10,
                  ssl=tls_context(url)) as ws:
         ext = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
         assert ("permessage-deflate" in ext) == deflate, f"extensions: {ext!r}"

@@ -13,7 +13,7 @@ SIZES = [1, 125, 126, 16383, 16384, 16385, 65536, 1 << 20]
 
 def main(base, topic):
     ctx = ssl.create_default_context(cafile=os.environ["UPROAR_TEST_CA"]) if base.startswith("wss://") else None
-    opts = dict(max_size=None, compression=None, open_timeout=10, close_timeout=10, ssl=ctx)
+    opts = dict(max_size=None, compression=None, open_timeout=30, close_timeout=10, ssl=ctx)
     subs = [connect(f"{base}/ws/{topic}?mode=sub", **opts) for _ in range(2)]
     pub = connect(f"{base}/ws/{topic}?mode=pub", **opts)
     for n in SIZES:
