@@ -7,7 +7,7 @@ generator's busiest thread was above 90% too: read those per server CPU-second o
 server was not: the load generator set the pace (per server CPU-second still holds).
 
 With PAIRS="A/B C/D" (servers), a second table: for each scenario and pair, the ratio A/B of
-deliveries per server CPU-second taken within each round (the two runs minutes apart at most,
+deliveries per server CPU-second taken within each round (the two runs seconds apart,
 interleaved), then the median and range of those per-round ratios. On a machine whose speed
 drifts (shared hosts), a ratio of two medians taken over the whole run mixes the drift into
 the comparison; a per-round ratio cancels most of it.
@@ -21,8 +21,7 @@ import statistics
 import sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/compare")
-runs = {}
-# (scenario, server) -> {round: run}, for the per-round ratios.
+# (scenario, server) -> {round: run}.
 by_round = {}
 for f in sorted(root.glob("*/*/*.json")):
     rnd, sc, sv = f.parts[-3], f.parts[-2], f.stem
@@ -31,8 +30,8 @@ for f in sorted(root.glob("*/*/*.json")):
     except (json.JSONDecodeError, ValueError):
         err = f.with_suffix(".err").read_text().strip().splitlines()
         j = {"failed": err[-1] if err else "no output"}
-    runs.setdefault((sc, sv), []).append(j)
     by_round.setdefault((sc, sv), {})[rnd] = j
+runs = {key: list(rounds.values()) for key, rounds in by_round.items()}
 
 
 def med(vals):
