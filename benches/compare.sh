@@ -9,7 +9,8 @@
 # epoll driver), uproar-z and uproar-zd (permessage-deflate, shared and dedicated mode),
 # uproar-tls (TLS with a self-signed certificate), uproar-before (an older uproar binary named by UPROAR_BEFORE, for before/after runs), and the
 # peers: tungstenite, fastwebsockets, sockudo, sockudo-z and sockudo-zd (sockudo-ws with its
-# shared and dedicated deflate), uring (raw io_uring TCP echo).
+# shared and dedicated deflate), uring and epoll-echo (raw TCP echoes on io_uring and on epoll:
+# the kernel's floor for each driver's pattern; echo scenarios only).
 #
 # Results: target/compare/<round>/<scenario>/<server>.json, table from benches/summarize.py.
 set -euo pipefail
@@ -63,6 +64,7 @@ start_server() {
         fastwebsockets) taskset -c 0 "$bin/peer-fastwebsockets" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         sockudo) taskset -c 0 "$bin/peer-sockudo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         uring) taskset -c 0 "$bin/peer-uring-echo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
+        epoll-echo) taskset -c 0 "$bin/peer-epoll-echo" --listen "127.0.0.1:$port" >>"$out/server.log" 2>&1 & ;;
         # The uproar server (one worker: the affinity mask holds CPU 0 only; /echo and
         # /ws/{topic}). For the idle-memory scenario mimalloc's transparent huge pages are turned
         # off, so RSS grows by 4 KiB pages rather than 2 MiB ones (the peers' glibc malloc asks
@@ -110,7 +112,7 @@ for r in $(seq 1 "$rounds"); do
                 bcast*) path="/ws/bench" ;;
                 idle*) path="/echo" ;;
             esac
-            if [ "$sv" = uring ]; then
+            if [ "$sv" = uring ] || [ "$sv" = epoll-echo ]; then
                 # A raw TCP echo has no WebSocket: only echo scenarios, with --raw-tcp.
                 case "$sc" in echo*) extra="--raw-tcp" ;; *) continue ;; esac
             fi

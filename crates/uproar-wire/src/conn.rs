@@ -866,7 +866,15 @@ impl Connection {
 
     /// The next control frame to send: pings and pongs first, the close frame last (nothing
     /// may follow it).
+    #[inline]
     pub fn poll_transmit(&mut self) -> Option<ControlFrame> {
+        // Checked inline: almost every call (one per message read) finds nothing.
+        self.rare.as_ref()?;
+        self.poll_transmit_rare()
+    }
+
+    #[inline(never)]
+    fn poll_transmit_rare(&mut self) -> Option<ControlFrame> {
         let r = self.rare.as_mut()?;
         if let Some(f) = r.ping_out.take().or_else(|| r.pong_out.take()) {
             return Some(f);

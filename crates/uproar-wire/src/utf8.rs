@@ -25,6 +25,25 @@ fn seq_len(lead: u8) -> usize {
     }
 }
 
+/// Below this length a piece is first checked for ASCII 8 bytes at a time (simdutf8's SIMD
+/// path starts at 64 bytes).
+const SHORT: usize = 64;
+
+/// Whether every byte of `data` is ASCII: the bytes ORed together 8 at a time.
+#[inline]
+fn short_is_ascii(data: &[u8]) -> bool {
+    let mut words = data.chunks_exact(8);
+    let mut acc = 0u64;
+    for w in &mut words {
+        acc |= u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+    }
+    let mut rest = 0u8;
+    for &b in words.remainder() {
+        rest |= b;
+    }
+    acc & 0x8080_8080_8080_8080 == 0 && rest < 0x80
+}
+
 /// Where an incomplete code point at the end of `data` starts (`data.len()` if none).
 #[inline]
 fn incomplete_tail(data: &[u8]) -> usize {
@@ -93,6 +112,12 @@ impl Utf8Validator {
             }
             self.len = 0;
         }
+        // Short all-ASCII pieces (chat lines, ticks, most echo traffic) need no more: for
+        // inputs under 64 bytes simdutf8 hands over to std's scalar validator, which costs
+        // several times this check.
+        if data.len() < SHORT && short_is_ascii(data) {
+            return Ok(());
+        }
         let split = incomplete_tail(data);
         let (body, tail) = data.split_at(split);
         if simdutf8::basic::from_utf8(body).is_err() {
@@ -144,6 +169,41 @@ mod tests {
             }
         }
         want
+    }
+
+    /// The short ASCII path: one non-ASCII byte (a lone continuation, a lead without its
+    /// continuation, or a whole 2-byte code point) at every position of pieces up to 70
+    /// bytes long (across the 8-byte words, the remainder and the 64-byte cut-over) agrees
+    /// with std, whole and at every 2-way split.
+    #[test]
+    fn one_non_ascii_byte_anywhere_in_a_short_piece_agrees_with_std() {
+        for len in 0..=70usize {
+            let mut plain = vec![b'a'; len];
+            let mut v = Utf8Validator::new();
+            assert!(v.feed(&plain).and_then(|_| v.finish()).is_ok(), "{len}");
+            for pos in 0..len {
+                for bad in [&[0x80u8][..], &[0xC3], &[0xC3, 0xA9], &[0xFF], &[0x7F]] {
+                    plain.truncate(0);
+                    plain.resize(len, b'a');
+                    let end = (pos + bad.len()).min(len);
+                    plain[pos..end].copy_from_slice(&bad[..end - pos]);
+                    let want = core::str::from_utf8(&plain).is_ok();
+                    let mut v = Utf8Validator::new();
+                    let got = v.feed(&plain).and_then(|_| v.finish()).is_ok();
+                    assert_eq!(got, want, "{len} {pos} {bad:x?}");
+                    for cut in [pos, pos + 1, len / 2] {
+                        let cut = cut.min(len);
+                        let mut v = Utf8Validator::new();
+                        let got = v
+                            .feed(&plain[..cut])
+                            .and_then(|_| v.feed(&plain[cut..]))
+                            .and_then(|_| v.finish())
+                            .is_ok();
+                        assert_eq!(got, want, "{len} {pos} {bad:x?} cut {cut}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

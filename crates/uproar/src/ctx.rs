@@ -521,7 +521,8 @@ impl ZOpts {
     /// Compress `payload` for `ws` into `out`, if it negotiated permessage-deflate and the
     /// message is not under the threshold; false: send it plain. A message is decided before
     /// it meets a compressor, so one fed to a compressor that keeps its window always goes
-    /// out compressed.
+    /// out compressed. Inlined: the common answer (no deflate) is decided without a call.
+    #[inline]
     fn compress<C>(
         &self,
         ws: &mut Ws<C>,
@@ -535,6 +536,18 @@ impl ZOpts {
         if payload.len() < self.min {
             return false;
         }
+        self.compress_into(ws, z, bits, payload, out)
+    }
+
+    #[inline(never)]
+    fn compress_into<C>(
+        &self,
+        ws: &mut Ws<C>,
+        z: &mut WorkerZ,
+        bits: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
         out.clear();
         match self.mode {
             Deflate::Off => return false,

@@ -1,7 +1,7 @@
 //! The epoll driver, on mio (epoll on Linux; kqueue on macOS and the BSDs): for sandboxes
 //! where io_uring is blocked. Sockets are registered edge-triggered for reading and writing
 //! once, at accept. Every socket is read into one buffer per worker, so an idle connection
-//! holds no read buffer; a connection's queued frames go out with one `writev`, straight from
+//! holds no read buffer; a connection's queued frames go out with one `sendmsg`, straight from
 //! the lifecycle's queue (shared fan-out frames by reference). The lifecycle, the timing wheel
 //! and the mesh are the io_uring driver's.
 
@@ -20,6 +20,7 @@ use crate::handler::Handler;
 use crate::id::ConnId;
 use crate::lifecycle::{Accepted, Command, Lifecycle};
 use crate::mesh::Shared;
+use crate::sys;
 use crate::tx::MAX_IOV;
 use crate::uring::ACCEPT_BACKOFF;
 
@@ -285,7 +286,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// One `writev` of `id`'s next batch.
+    /// One gathering `sendmsg` of `id`'s next batch.
     fn transmit(&mut self, id: ConnId) {
         let mut chunks = std::mem::take(&mut self.chunks);
         if !self.lc.take_batch(id, &mut chunks) {
@@ -300,7 +301,7 @@ impl<H: Handler> Worker<H> {
                     *slot = IoSlice::new(c);
                 }
                 loop {
-                    match s.write_vectored(&iov[..chunks.len()]) {
+                    match sys::send_vectored(s.as_raw_fd(), &iov[..chunks.len()]) {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         r => break r,
                     }

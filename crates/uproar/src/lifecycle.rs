@@ -693,12 +693,19 @@ fn inflate_message<C>(
     }
 }
 
-/// Move the control frames the codec has ready into the send queue.
+/// Move the control frames the codec has ready into the send queue. Inlined (it runs once
+/// per message read, and almost always finds nothing): the check is one load and a branch.
+#[inline(always)]
 fn queue_control(proto: &mut Connection, tx: &mut Option<Box<crate::tx::Tx>>) {
     while let Some(f) = proto.poll_transmit() {
-        tx.get_or_insert_with(Box::default)
-            .push_copy(f.as_bytes(), &[]);
+        push_control(tx, &f);
     }
+}
+
+#[inline(never)]
+fn push_control(tx: &mut Option<Box<crate::tx::Tx>>, f: &uproar_wire::conn::ControlFrame) {
+    tx.get_or_insert_with(Box::default)
+        .push_copy(f.as_bytes(), &[]);
 }
 
 /// Parse HTTP requests from `data` (after anything held from earlier pieces): upgrades become

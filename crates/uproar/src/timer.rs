@@ -14,6 +14,11 @@ pub(crate) const NONE: u32 = u32::MAX;
 /// spreads its deadlines over many ticks, so slots stay small; a burst is not kept.
 const SLOT_KEEP: usize = 64;
 
+/// `d` in nanoseconds, saturating at `u64::MAX` (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[derive(Debug)]
 pub(crate) struct Wheel {
     start: Instant,
@@ -37,12 +42,11 @@ impl Wheel {
         }
     }
 
-    /// The first tick at or after `t`.
+    /// The first tick at or after `t`. In 64-bit nanoseconds (584 years from the wheel's
+    /// start): called on every flush, and 128-bit division is a library call.
     pub(crate) fn tick_of(&self, t: Instant) -> u32 {
-        let d = t.saturating_duration_since(self.start);
-        d.as_nanos()
-            .div_ceil(self.tick.as_nanos())
-            .min(u128::from(NONE - 1)) as u32
+        let d = nanos(t.saturating_duration_since(self.start));
+        d.div_ceil(nanos(self.tick).max(1)).min(u64::from(NONE - 1)) as u32
     }
 
     /// Arm `key` for tick `tick` (from [`tick_of`](Self::tick_of)); returns the tick it will
@@ -62,8 +66,8 @@ impl Wheel {
 
     /// Move every entry whose tick is at or before `now` into `out`, with its tick.
     pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<(ConnId, u32)>) {
-        let now_tick = (now.saturating_duration_since(self.start).as_nanos() / self.tick.as_nanos())
-            .min(u128::from(NONE - 1)) as u32;
+        let now_tick = (nanos(now.saturating_duration_since(self.start)) / nanos(self.tick).max(1))
+            .min(u64::from(NONE - 1)) as u32;
         if self.len == 0 {
             self.cursor = self.cursor.max(now_tick + 1);
             return;
