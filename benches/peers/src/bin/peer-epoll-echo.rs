@@ -28,34 +28,31 @@ impl Conn {
             self.pending.extend_from_slice(data);
             return self.flush();
         }
-        let mut at = 0;
-        while at < data.len() {
-            match self.stream.write(&data[at..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.pending.extend_from_slice(&data[at..]);
+        let n = write_some(&mut self.stream, data)?;
+        self.pending.extend_from_slice(&data[n..]);
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        while !self.pending.is_empty() {
-            match self.stream.write(&self.pending) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let n = write_some(&mut self.stream, &self.pending)?;
+        self.pending.drain(..n);
         Ok(())
     }
+}
+
+/// Write as much of `data` as the socket takes now; how much that was.
+fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    let mut at = 0;
+    while at < data.len() {
+        match stream.write(&data[at..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(at)
 }
 
 fn main() {
