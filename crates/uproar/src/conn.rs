@@ -4,7 +4,7 @@ use uproar_wire::Connection;
 
 use crate::timer;
 use crate::tls::Tls;
-use crate::tx::Tx;
+use crate::tx::{Tx, TxPool};
 
 /// The driver's handle for a connection's socket (a file descriptor on Linux). The lifecycle
 /// carries it in the commands it emits and never uses it itself.
@@ -49,9 +49,9 @@ impl<C> Conn<C> {
         }
     }
 
-    /// The send queue, made on first use.
-    pub(crate) fn tx(&mut self) -> &mut Tx {
-        self.tx.get_or_insert_with(Box::default)
+    /// The send queue, taken from the worker's pool on first use.
+    pub(crate) fn tx(&mut self, pool: &mut TxPool) -> &mut Tx {
+        self.tx.get_or_insert_with(|| pool.take())
     }
 
     /// Nothing queued and nothing with the driver.

@@ -17,7 +17,7 @@ use crate::slab::Slab;
 use crate::stats::{Counts, WorkerStats};
 use crate::timer::{self, Wheel};
 use crate::tls::WorkerTls;
-use crate::tx::Tx;
+use crate::tx::{Tx, TxPool};
 
 /// A worker's context, given to every callback: its connections, the time, its index.
 pub struct Ctx<C> {
@@ -43,6 +43,8 @@ pub struct Ctx<C> {
     pub(crate) zc: ZCounts,
     /// TLS: scratch buffers and counters.
     pub(crate) tls: WorkerTls,
+    /// Idle send queues for reuse.
+    pub(crate) tx_pool: TxPool,
 }
 
 impl<C> fmt::Debug for Ctx<C> {
@@ -85,6 +87,7 @@ impl<C> Ctx<C> {
             z: WorkerZ::default(),
             zc: ZCounts::default(),
             tls: WorkerTls::default(),
+            tx_pool: TxPool::default(),
         }
     }
 
@@ -227,6 +230,7 @@ impl<C> Ctx<C> {
             zc: &mut self.zc,
             opts: ZOpts::of(&self.cfg),
             cache: Default::default(),
+            pool: &mut self.tx_pool,
         };
         let out = self.registry.publish(topic, frame, &mut sink);
         self.counts.messages_out += out.delivered as u64;
@@ -390,7 +394,8 @@ impl<C> Ctx<C> {
         };
         // A backlog: bytes with the driver (io_uring) or refused by a full socket (epoll).
         let backlog = conn.out != Out::Idle;
-        let tx = conn.tx.get_or_insert_with(Box::default);
+        let pool = &mut self.tx_pool;
+        let tx = conn.tx.get_or_insert_with(|| pool.take());
         let before = tx.buffered;
         if !push(ws, tx, &mut self.z, &mut self.zc) {
             return SendStatus::Dropped;
@@ -422,7 +427,7 @@ impl<C> Ctx<C> {
     /// Queue raw bytes (an HTTP response) on connection `id`.
     pub(crate) fn queue_raw(&mut self, id: ConnId, bytes: &[u8]) {
         if let Some(conn) = self.conns.get_mut(id) {
-            conn.tx().push_copy(&[], bytes);
+            conn.tx(&mut self.tx_pool).push_copy(&[], bytes);
             mark(&mut self.dirty, conn, id);
         }
     }
@@ -571,6 +576,7 @@ struct ConnSink<'a, C> {
     /// This message compressed (shared mode), per window size, made on first need: each
     /// encoding at most once per message per worker; with its compressed payload's length.
     cache: [Option<(bytes::Bytes, usize)>; 7],
+    pool: &'a mut TxPool,
 }
 
 impl<C> Sink<ConnId, Frame> for ConnSink<'_, C> {
@@ -627,7 +633,7 @@ impl<C> Sink<ConnId, Frame> for ConnSink<'_, C> {
             }
             None => frame.bytes.clone(),
         };
-        conn.tx().push_shared(chunk);
+        conn.tx(self.pool).push_shared(chunk);
         mark(self.dirty, conn, id);
         Outcome::Delivered
     }

@@ -29,6 +29,7 @@ use crate::mesh::Shared;
 use crate::message::{CloseEvent, Message};
 use crate::timer;
 use crate::tls::Tls;
+use crate::tx::{Tx, TxPool};
 
 /// What the lifecycle asks of its driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,8 +384,9 @@ impl<H: Handler> Lifecycle<H> {
     pub(crate) fn tick(&mut self) {
         let ctx = &mut self.ctx;
         if ctx.now >= self.next_trim {
-            // Give back slab memory after a burst of connections, at most once a second.
+            // Give back slab and send-queue memory after a burst, at most once a second.
             ctx.conns.trim();
+            ctx.tx_pool.trim();
             ctx.buffered_gauge = ctx.conns.values().map(|c| c.buffered() as u64).sum();
             self.next_trim = ctx.now + Duration::from_secs(1);
         }
@@ -501,7 +503,7 @@ impl<H: Handler> Lifecycle<H> {
         };
         conn.dirty = false;
         if let State::Ws(ws) = &mut conn.state {
-            queue_control(&mut ws.proto, &mut conn.tx);
+            queue_control(&mut ws.proto, &mut conn.tx, &mut self.ctx.tx_pool);
             if ws.proto.is_closed() {
                 let timed_out = ws
                     .proto
@@ -544,8 +546,8 @@ impl<H: Handler> Lifecycle<H> {
         }
         let sending = conn.out == Out::Sending;
         let tx_idle = conn.tx_idle() && !sending;
-        if tx_idle && conn.tx.is_some() {
-            conn.tx = None;
+        if tx_idle && let Some(tx) = conn.tx.take() {
+            self.ctx.tx_pool.give(tx);
         }
         if let Some(tls) = &mut conn.tls
             && !sending
@@ -593,7 +595,7 @@ fn ws_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, buf
         let ev = ws.proto.read_event(buf, &mut pos);
         // Control frames the codec queued (a pong, a close reply or error close) go out in
         // the order their cause arrived: before anything the application sends next.
-        queue_control(&mut ws.proto, &mut conn.tx);
+        queue_control(&mut ws.proto, &mut conn.tx, &mut ctx.tx_pool);
         let ev = match ev {
             Ok(Some(ev)) => ev,
             Ok(None) => return,
@@ -629,7 +631,7 @@ fn ws_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, buf
                 if let Some(conn) = ctx.conns.get_mut(id)
                     && let State::Ws(ws) = &mut conn.state
                 {
-                    queue_control(&mut ws.proto, &mut conn.tx);
+                    queue_control(&mut ws.proto, &mut conn.tx, &mut ctx.tx_pool);
                     if let Some(a) = assembly {
                         ws.proto.restore_assembly(a);
                     }
@@ -696,15 +698,15 @@ fn inflate_message<C>(
 /// Move the control frames the codec has ready into the send queue. Inlined (it runs once
 /// per message read, and almost always finds nothing): the check is one load and a branch.
 #[inline(always)]
-fn queue_control(proto: &mut Connection, tx: &mut Option<Box<crate::tx::Tx>>) {
+fn queue_control(proto: &mut Connection, tx: &mut Option<Box<Tx>>, pool: &mut TxPool) {
     while let Some(f) = proto.poll_transmit() {
-        push_control(tx, &f);
+        push_control(tx, pool, &f);
     }
 }
 
 #[inline(never)]
-fn push_control(tx: &mut Option<Box<crate::tx::Tx>>, f: &uproar_wire::conn::ControlFrame) {
-    tx.get_or_insert_with(Box::default)
+fn push_control(tx: &mut Option<Box<Tx>>, pool: &mut TxPool, f: &uproar_wire::conn::ControlFrame) {
+    tx.get_or_insert_with(|| pool.take())
         .push_copy(f.as_bytes(), &[]);
 }
 
