@@ -427,7 +427,9 @@ impl<C> Ctx<C> {
     /// Queue raw bytes (an HTTP response) on connection `id`.
     pub(crate) fn queue_raw(&mut self, id: ConnId, bytes: &[u8]) {
         if let Some(conn) = self.conns.get_mut(id) {
-            conn.tx(&mut self.tx_pool).push_copy(&[], bytes);
+            let tx = conn.tx(&mut self.tx_pool);
+            tx.http = true;
+            tx.push_copy(&[], bytes);
             mark(&mut self.dirty, conn, id);
         }
     }

@@ -57,6 +57,11 @@ pub(crate) enum Accepted<'a> {
     Refuse(&'a [u8]),
 }
 
+/// How often the worker frees the pooled send queues the last period did not use; why 100 ms:
+/// many turns under load (the pool keeps what a turn needs), and short enough that a burst's
+/// queues are gone before anyone measures an idle server.
+const TX_POOL_TRIM: Duration = Duration::from_millis(100);
+
 /// One worker's connections and handler, and the rules they live by.
 pub(crate) struct Lifecycle<H: Handler> {
     pub(crate) handler: H,
@@ -65,6 +70,7 @@ pub(crate) struct Lifecycle<H: Handler> {
     multishot_reads: bool,
     expired: Vec<(ConnId, u32)>,
     next_trim: Instant,
+    next_pool_trim: Instant,
     /// Set when shutting down: the time by which every connection is gone.
     stop_deadline: Option<Instant>,
     /// The 503 answer to connections over `max_connections`, built once.
@@ -93,6 +99,7 @@ impl<H: Handler> Lifecycle<H> {
             multishot_reads,
             expired: Vec::new(),
             next_trim: now,
+            next_pool_trim: now,
             stop_deadline: None,
             overloaded,
         }
@@ -384,11 +391,16 @@ impl<H: Handler> Lifecycle<H> {
     pub(crate) fn tick(&mut self) {
         let ctx = &mut self.ctx;
         if ctx.now >= self.next_trim {
-            // Give back slab and send-queue memory after a burst, at most once a second.
+            // Give back slab memory after a burst of connections, at most once a second.
             ctx.conns.trim();
-            ctx.tx_pool.trim();
             ctx.buffered_gauge = ctx.conns.values().map(|c| c.buffered() as u64).sum();
             self.next_trim = ctx.now + Duration::from_secs(1);
+        }
+        if ctx.now >= self.next_pool_trim {
+            // Send queues not needed in the last period go: a burst's queues (10,000 upgrade
+            // responses) are freed within 0.2 s, while steady load keeps what it uses.
+            ctx.tx_pool.trim();
+            self.next_pool_trim = ctx.now + TX_POOL_TRIM;
         }
         self.expired.clear();
         ctx.wheel.expire(ctx.now, &mut self.expired);
