@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(&held[..], b"abcd");
     }
 
-    /// A busy queue is not pooled; the pool holds at most POOL_MAX, and a trim frees what
+    /// A busy queue, or one that carried an HTTP response, is not pooled; the pool holds at most POOL_MAX, and a trim frees what
     /// the last period did not take.
     #[test]
     fn the_pool_is_bounded_and_trimmed_to_use() {
@@ -379,6 +379,14 @@ mod tests {
             pool.len(),
             0,
             "a queue with bytes in it is dropped, not pooled"
+        );
+        let mut http = pool.take();
+        http.http = true;
+        pool.give(http);
+        assert_eq!(
+            pool.len(),
+            0,
+            "a queue that carried an HTTP response is not pooled"
         );
 
         for _ in 0..POOL_MAX + 10 {
