@@ -91,13 +91,14 @@ fn python_and_node_over_wss_echo_and_pubsub() {
     let ex = uproar_tls(&ca, &["--threads", "2"]);
     let base = format!("wss://localhost:{}", ex.addr.port());
     let py = ["-c", "import websockets.sync.client"];
-    if client(
+    let py_ran = client(
         "python3",
         &py,
         "py_client.py",
         &[format!("{base}/echo")],
         &ca,
-    ) {
+    );
+    if py_ran {
         assert!(client(
             "python3",
             &py,
@@ -107,14 +108,21 @@ fn python_and_node_over_wss_echo_and_pubsub() {
         ));
     }
     let node = ["-e", "require('ws')"];
-    client(
+    let node_ran = client(
         "node",
         &node,
         "node_client.js",
         &[format!("{base}/echo")],
         &ca,
     );
-    assert!(metric(ex.addr, &ca, "uproar_tls_handshakes_total") >= 5.0);
+    // Every client that ran completed its TLS handshakes (5 with both; a client missing
+    // outside CI is skipped, and then so are its handshakes).
+    let handshakes = metric(ex.addr, &ca, "uproar_tls_handshakes_total");
+    match (py_ran, node_ran) {
+        (true, true) => assert!(handshakes >= 5.0, "{handshakes} handshakes"),
+        (false, false) => {}
+        _ => assert!(handshakes >= 1.0, "{handshakes} handshakes"),
+    }
     ex.stop_with_sigterm();
 }
 

@@ -270,8 +270,11 @@ pub struct Connection {
     decoder: Decoder,
     msg: Option<Msg>,
     utf8: Utf8Validator,
-    /// Assembly of a message that spans frames or buffers; empty and unallocated otherwise.
-    assembly: Vec<u8>,
+    /// Assembly of a message that spans frames or buffers; none until first needed. Behind a
+    /// pointer (a `Vec` is three words): most connections never assemble, and every idle
+    /// connection's slot holds this field.
+    #[allow(clippy::box_collection)]
+    assembly: Option<Box<Vec<u8>>>,
     assembly_delivered: bool,
     /// What most connections never need, allocated while needed (see [`Rare`]).
     rare: Option<Box<Rare>>,
@@ -357,7 +360,7 @@ impl Connection {
             config,
             msg: None,
             utf8: Utf8Validator::new(),
-            assembly: Vec::new(),
+            assembly: None,
             assembly_delivered: false,
             rare: None,
             close: None,
@@ -457,7 +460,7 @@ impl Connection {
     pub fn payload<'a>(&'a self, payload: &Payload, buf: &'a [u8]) -> &'a [u8] {
         match payload {
             Payload::Buf(r) => &buf[r.clone()],
-            Payload::Assembly => &self.assembly,
+            Payload::Assembly => self.assembly.as_deref().map_or(&[][..], |a| &a[..]),
             Payload::Control => self
                 .rare
                 .as_ref()
@@ -469,14 +472,19 @@ impl Connection {
     /// while the connection is borrowed elsewhere. Give it back with
     /// [`restore_assembly`](Self::restore_assembly) to keep its allocation for the next one.
     pub fn take_assembly(&mut self) -> Vec<u8> {
-        core::mem::take(&mut self.assembly)
+        self.assembly
+            .as_deref_mut()
+            .map(core::mem::take)
+            .unwrap_or_default()
     }
 
     /// Return the buffer from [`take_assembly`](Self::take_assembly); it is cleared (or freed,
     /// if large) before the next message is assembled into it.
     pub fn restore_assembly(&mut self, assembly: Vec<u8>) {
-        if self.assembly.capacity() == 0 {
-            self.assembly = assembly;
+        match &mut self.assembly {
+            Some(a) if a.capacity() == 0 => **a = assembly,
+            Some(_) => {}
+            None => self.assembly = Some(Box::new(assembly)),
         }
     }
 
@@ -531,10 +539,9 @@ impl Connection {
         self.trim_rare();
         if self.assembly_delivered {
             self.assembly_delivered = false;
-            if self.assembly.capacity() > ASSEMBLY_KEEP {
-                self.assembly = Vec::new();
-            } else {
-                self.assembly.clear();
+            match &mut self.assembly {
+                Some(a) if a.capacity() <= ASSEMBLY_KEEP => a.clear(),
+                _ => self.assembly = None,
             }
         }
         loop {
@@ -614,7 +621,9 @@ impl Connection {
                     self.msg = None;
                     return Ok(Some(RawEvent::Compressed(kind, Payload::Buf(range))));
                 }
-                self.assembly.extend_from_slice(&buf[range]);
+                self.assembly
+                    .get_or_insert_default()
+                    .extend_from_slice(&buf[range]);
                 if done {
                     self.msg = None;
                     self.assembly_delivered = true;
@@ -648,7 +657,9 @@ impl Connection {
                         self.msg = None;
                         return Ok(Some(RawEvent::Message(kind, Payload::Buf(range))));
                     }
-                    self.assembly.extend_from_slice(&buf[range]);
+                    self.assembly
+                        .get_or_insert_default()
+                        .extend_from_slice(&buf[range]);
                     if done {
                         self.msg = None;
                         self.assembly_delivered = true;
