@@ -55,7 +55,7 @@ for (sc, sv), js in sorted(runs.items()):
     ratio = med([j["bytes_in_wire"] / j["bytes_in_payload"] for j in ok if j.get("bytes_in_payload")])
     if sc.startswith("idle"):
         kib = med([j.get("rss_per_connection_kib") for j in ok])
-        print(f"| {sc} | {sv} | RSS per idle connection: {fmt(*kib, digits=2)} KiB | | | | | | | "
+        print(f"| {sc} | {sv} | anonymous RSS per idle connection: {fmt(*kib, digits=2)} KiB | | | | | | | "
               f"{sum(1 for j in ok if j['errors'] == 0)}/{len(js)} | {len(js)} | "
               f"{sum(1 for j in ok if j.get('deflate_connections'))}/{len(js)} negotiated deflate |")
         continue

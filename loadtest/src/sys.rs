@@ -68,11 +68,22 @@ pub fn gettid() -> i32 {
 
 /// Resident set size of process `pid`, KiB.
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of `pid`'s resident set (heap, stacks, anonymous maps), KiB: what its
+/// connections cost. The rest is file-backed (the binary's code, first touched when a code
+/// path first runs) and shared memory.
+pub fn rss_anon_kib(pid: u32) -> io::Result<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no VmRSS"))
+        .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
 }
 
 /// The local port range for outgoing connections (each connection to one server address needs
@@ -108,6 +119,12 @@ mod tests {
         );
         assert!(thread_cpu(gettid()).unwrap() > 0.0);
         assert!(rss_kib(pid).unwrap() > 100);
+        let anon = rss_anon_kib(pid).unwrap();
+        assert!(anon > 0 && anon <= rss_kib(pid).unwrap());
+        // 8 MiB touched on the heap shows in the anonymous part.
+        let touched = std::hint::black_box(vec![1u8; 8 << 20]);
+        assert!(rss_anon_kib(pid).unwrap() >= anon + 7 * 1024);
+        drop(touched);
         let (soft, hard) = raise_nofile().unwrap();
         assert_eq!(soft, hard);
     }
