@@ -471,6 +471,8 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::constant_time_eq;
+
     /// The server's part of every connection's slot (the engine's is tested in the engine):
     /// 32 bytes, a route and one pointer.
     #[test]
@@ -481,8 +483,6 @@ mod tests {
             size_of::<super::Conn>()
         );
     }
-
-    use super::constant_time_eq;
 
     #[test]
     fn constant_time_eq_compares_whole_secrets() {
