@@ -280,8 +280,13 @@ pub struct Connection {
     rare: Option<Box<Rare>>,
     close: Option<CloseInfo>,
     timed_out: bool,
+    /// The latest time the caller gave ([`note_activity`](Self::note_activity) or
+    /// [`handle_timeout`](Self::handle_timeout)).
     now: Option<Instant>,
-    last_input: Option<Instant>,
+    /// How long before `now` input last arrived, in nanoseconds (saturating at 584 years).
+    /// With `now` it is the time of the last input, in 8 bytes where a second
+    /// `Option<Instant>` takes 16: a server holds one of these per connection.
+    input_age_ns: u64,
     ping_outstanding: bool,
     /// permessage-deflate: 0 off, else the window bits this side compresses with.
     deflate_bits: u8,
@@ -366,7 +371,7 @@ impl Connection {
             close: None,
             timed_out: false,
             now: None,
-            last_input: None,
+            input_age_ns: 0,
             ping_outstanding: false,
             deflate_bits: 0,
             // xorshift needs a non-zero state.
@@ -420,7 +425,7 @@ impl Connection {
     /// Record that input arrived at `now` (once per batch of received bytes).
     pub fn note_activity(&mut self, now: Instant) {
         self.now = Some(now);
-        self.last_input = Some(now);
+        self.input_age_ns = 0;
         self.ping_outstanding = false;
     }
 
@@ -916,12 +921,17 @@ impl Connection {
             return None;
         }
         let idle = self.config.idle_timeout?;
-        let base = self.last_input.or(self.now)?;
+        let now = self.now?;
+        let wait = if self.ping_outstanding {
+            idle * 2
+        } else {
+            idle
+        };
+        // The last input plus `wait`; already due (as of `now`) if that has passed.
         Some(
-            base + if self.ping_outstanding {
-                idle * 2
-            } else {
-                idle
+            match wait.checked_sub(Duration::from_nanos(self.input_age_ns)) {
+                Some(left) => now + left,
+                None => now,
             },
         )
     }
@@ -929,10 +939,17 @@ impl Connection {
     /// Time has passed: send the idle ping, or give up on a silent peer or a close handshake
     /// that did not finish in time (the transport should then be closed, code 1006).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = Some(now);
-        if self.last_input.is_none() {
-            self.last_input = Some(now);
+        // The last input stays where it was (the first time given counts as one); time given
+        // out of order moves it no later than `now`.
+        if let Some(prev) = self.now {
+            let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            self.input_age_ns = if now >= prev {
+                self.input_age_ns.saturating_add(ns(now - prev))
+            } else {
+                self.input_age_ns.saturating_sub(ns(prev - now))
+            };
         }
+        self.now = Some(now);
         let Some(deadline) = self.poll_timeout() else {
             return;
         };

@@ -195,6 +195,49 @@ fn idle_timeout_pings_then_gives_up() {
     assert_eq!(c.poll_timeout(), None);
 }
 
+/// The idle deadline stays the last input plus the timeout, to the nanosecond, however many
+/// timer calls come between and in whatever order their times arrive.
+#[test]
+fn the_idle_deadline_counts_from_the_last_input_across_timer_calls() {
+    let t0 = Instant::now();
+    let idle = Duration::from_secs(10);
+    let mut c = Connection::server(Config {
+        idle_timeout: Some(idle),
+        ..Config::default()
+    });
+    assert_eq!(c.poll_timeout(), None, "no time given yet");
+    // Before any input, the first time given counts as the last input.
+    c.handle_timeout(t0);
+    assert_eq!(c.poll_timeout(), Some(t0 + idle));
+    let input = t0 + Duration::from_nanos(1_234_567_891);
+    c.note_activity(input);
+    let mut t = input;
+    for step in [1u64, 999_999, 3_000_000_007, 7, 2_500_000_000] {
+        t += Duration::from_nanos(step);
+        c.handle_timeout(t);
+        assert_eq!(
+            c.poll_timeout(),
+            Some(input + idle),
+            "after a step of {step} ns"
+        );
+    }
+    // A time earlier than the last one given (a caller's stale clock) moves nothing.
+    c.handle_timeout(input + Duration::from_secs(1));
+    assert_eq!(c.poll_timeout(), Some(input + idle));
+    c.handle_timeout(input + idle - Duration::from_nanos(1));
+    assert!(c.poll_transmit().is_none(), "one nanosecond early");
+    c.handle_timeout(input + idle);
+    assert_eq!(c.poll_transmit().map(|f| f.opcode()), Some(OpCode::Ping));
+    assert_eq!(
+        c.poll_timeout(),
+        Some(input + idle * 2),
+        "the ping's answer is due"
+    );
+    // Long past due (the process was stopped): due at once, then given up.
+    c.handle_timeout(input + Duration::from_secs(3600));
+    assert_eq!(c.state(), State::Closed);
+}
+
 #[test]
 fn close_timeout_ends_an_unanswered_close() {
     let t0 = Instant::now();
@@ -392,5 +435,5 @@ fn raw_events_name_their_payload() {
 #[test]
 fn a_connection_is_small() {
     let n = size_of::<Connection>();
-    assert!(n <= 176, "Connection grew to {n} bytes");
+    assert!(n <= 152, "Connection grew to {n} bytes");
 }

@@ -447,7 +447,7 @@ impl<C> Ctx<C> {
             return;
         };
         let t = match &conn.state {
-            State::Http(_) | State::Linger { .. } => conn.deadline,
+            State::Http { .. } | State::Linger { .. } => conn.state.deadline(),
             State::Ws(ws) => {
                 let close_at = ws.extra.as_ref().and_then(|e| e.close_at).map(|c| c.0);
                 [ws.proto.poll_timeout(), close_at]

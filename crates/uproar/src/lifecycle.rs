@@ -220,7 +220,7 @@ impl<H: Handler> Lifecycle<H> {
             return;
         };
         match &mut conn.state {
-            State::Http(_) => http_input(&mut self.handler, &mut self.ctx, id, buf),
+            State::Http { .. } => http_input(&mut self.handler, &mut self.ctx, id, buf),
             State::Ws(ws) => {
                 ws.proto.note_activity(self.ctx.now);
                 ws_input(&mut self.handler, &mut self.ctx, id, buf);
@@ -248,9 +248,9 @@ impl<H: Handler> Lifecycle<H> {
         let pending = !conn.tx_idle();
         match &conn.state {
             // A half-closed peer may still read what we owe it (a response, our close frame).
-            State::Http(_) if pending => linger(&mut self.ctx, id),
+            State::Http { .. } if pending => linger(&mut self.ctx, id),
             State::Ws(_) if pending => close_ws(&mut self.handler, &mut self.ctx, id, false),
-            State::Http(_) | State::Ws(_) => abort(&mut self.handler, &mut self.ctx, id),
+            State::Http { .. } | State::Ws(_) => abort(&mut self.handler, &mut self.ctx, id),
             State::Linger { .. } | State::Dead { .. } => {}
         }
         self.ctx.touch(id);
@@ -414,9 +414,9 @@ impl<H: Handler> Lifecycle<H> {
                 continue;
             }
             conn.timer = timer::NONE;
-            let due = tick >= conn.deadline;
+            let due = tick >= conn.state.deadline();
             match &mut conn.state {
-                State::Http(_) if due => {
+                State::Http { .. } if due => {
                     self.ctx.counts.reject(408);
                     http_fail(&mut self.ctx, id, 408, "request timeout\n");
                 }
@@ -464,7 +464,7 @@ impl<H: Handler> Lifecycle<H> {
                         .proto
                         .queue_close(CloseCode::GOING_AWAY, "server shutting down");
                 }
-                State::Http(_) if idle => abort(&mut self.handler, &mut self.ctx, id),
+                State::Http { .. } if idle => abort(&mut self.handler, &mut self.ctx, id),
                 _ => {}
             }
             self.ctx.touch(id);
@@ -538,7 +538,9 @@ impl<H: Handler> Lifecycle<H> {
             out.push(Command::Read(id, sock));
         }
         if let Some(tls) = &mut conn.tls
-            && let State::Linger { fin_sent: false } = conn.state
+            && let State::Linger {
+                fin_sent: false, ..
+            } = conn.state
         {
             if !tls.established {
                 // Nothing can be encrypted: what was queued in plaintext is dropped.
@@ -569,7 +571,7 @@ impl<H: Handler> Lifecycle<H> {
             tls.out = None;
         }
         let release = match &mut conn.state {
-            State::Linger { fin_sent } => {
+            State::Linger { fin_sent, .. } => {
                 if tx_idle && !*fin_sent {
                     out.push(Command::ShutdownWrite(id, sock));
                     *fin_sent = true;
@@ -729,7 +731,7 @@ fn http_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, d
     let Some(conn) = ctx.conns.get_mut(id) else {
         return;
     };
-    let State::Http(held) = &mut conn.state else {
+    let State::Http { held, .. } = &mut conn.state else {
         return;
     };
     let mut held = std::mem::take(held);
@@ -790,8 +792,10 @@ fn http_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, d
             return linger(ctx, id);
         }
         let deadline = ctx.deadline_in(cfg.handshake_timeout);
-        if let Some(conn) = ctx.conns.get_mut(id) {
-            conn.deadline = deadline;
+        if let Some(conn) = ctx.conns.get_mut(id)
+            && let State::Http { deadline: d, .. } = &mut conn.state
+        {
+            *d = deadline;
         }
     }
     // Keep what is not a whole request yet, bounded by the header and body limits.
@@ -805,7 +809,7 @@ fn http_input<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, d
         rest.to_vec()
     };
     if let Some(conn) = ctx.conns.get_mut(id)
-        && let State::Http(held) = &mut conn.state
+        && let State::Http { held, .. } = &mut conn.state
     {
         *held = keep;
     }
@@ -892,8 +896,10 @@ fn http_fail<C>(ctx: &mut Ctx<C>, id: ConnId, status: u16, reason: &str) {
 fn linger<C>(ctx: &mut Ctx<C>, id: ConnId) {
     let deadline = ctx.deadline_in(ctx.cfg.close_timeout);
     if let Some(conn) = ctx.conns.get_mut(id) {
-        conn.deadline = deadline;
-        conn.state = State::Linger { fin_sent: false };
+        conn.state = State::Linger {
+            fin_sent: false,
+            deadline,
+        };
         mark(&mut ctx.dirty, conn, id);
     }
 }
@@ -905,11 +911,13 @@ fn close_ws<H: Handler>(handler: &mut H, ctx: &mut Ctx<H::Conn>, id: ConnId, abo
     let Some(conn) = ctx.conns.get_mut(id) else {
         return;
     };
-    conn.deadline = deadline;
     let next = if abort_now {
         dead(conn)
     } else {
-        State::Linger { fin_sent: false }
+        State::Linger {
+            fin_sent: false,
+            deadline,
+        }
     };
     let State::Ws(ws) = std::mem::replace(&mut conn.state, next) else {
         return;
