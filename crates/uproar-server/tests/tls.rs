@@ -18,12 +18,17 @@ fn required() -> bool {
 }
 
 fn uproar_tls(ca: &TestCa, args: &[&str]) -> Example {
+    uproar_tls_env(ca, args, &[])
+}
+
+fn uproar_tls_env(ca: &TestCa, args: &[&str], env: &[(&str, &str)]) -> Example {
     let cert = ca.server_cert("server", &["localhost", "127.0.0.1"]);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_uproar"));
     cmd.env("RUST_LOG", "warn")
         .env("UPROAR_SHUTDOWN_GRACE", "300ms")
         .env("UPROAR_TLS_CERT", &cert.cert)
-        .env("UPROAR_TLS_KEY", &cert.key);
+        .env("UPROAR_TLS_KEY", &cert.key)
+        .envs(env.iter().copied());
     run_command(cmd, args)
 }
 
@@ -169,7 +174,15 @@ fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
 #[test]
 fn bad_input_in_bulk_leaves_descriptors_and_memory_at_baseline() {
     let ca = TestCa::new("bulk");
-    let ex = uproar_tls(&ca, &["--threads", "1", "--handshake-timeout", "1s"]);
+    // Memory is compared at 4 KiB granularity: with transparent huge pages the allocator's
+    // arenas fault in 2 MiB at a time, and which ones this run touches depends on where
+    // allocations happened to land (a smaller slot moved them by three huge pages), not on
+    // anything kept.
+    let ex = uproar_tls_env(
+        &ca,
+        &["--threads", "1", "--handshake-timeout", "1s"],
+        &[("MIMALLOC_ALLOW_THP", "0")],
+    );
     let served = || {
         let t = connect(ex.addr, "localhost", ca.client_config()).unwrap();
         let mut c = Client::upgrade(t, "localhost", "/echo", &[]).unwrap();
@@ -242,7 +255,9 @@ fn bad_input_in_bulk_leaves_descriptors_and_memory_at_baseline() {
         ex.fds()
     );
     let after = ex.proc_status("VmRSS:");
-    assert!(after <= rss + 4096, "RSS {rss} kB before, {after} kB after");
+    // 200 connections of bad input grew it by 0.55 MiB here (the allocator keeping freed
+    // pages); a leak of one TLS session (tens of KiB) per connection would pass 2 MiB.
+    assert!(after <= rss + 2048, "RSS {rss} kB before, {after} kB after");
     assert_eq!(metric(ex.addr, &ca, "uproar_tls_plain_http_total"), 40.0);
     assert!(metric(ex.addr, &ca, "uproar_tls_handshake_failures_total") >= 40.0);
     ex.stop_with_sigterm();
