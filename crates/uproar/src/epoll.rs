@@ -1,9 +1,10 @@
 //! The epoll driver, on mio (epoll on Linux; kqueue on macOS and the BSDs): for sandboxes
 //! where io_uring is blocked. Sockets are registered edge-triggered for reading and writing
 //! once, at accept. Every socket is read into one buffer per worker, so an idle connection
-//! holds no read buffer; a connection's queued frames go out with one `sendmsg`, straight from
-//! the lifecycle's queue (shared fan-out frames by reference). The lifecycle, the timing wheel
-//! and the mesh are the io_uring driver's.
+//! holds no read buffer; a connection's queued frames go out with one system call (`send` for
+//! one chunk, a gathering `sendmsg` for several), straight from the lifecycle's queue (shared
+//! fan-out frames by reference). The lifecycle, the timing wheel and the mesh are the io_uring
+//! driver's.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -286,7 +287,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// One gathering `sendmsg` of `id`'s next batch.
+    /// One `send` (one chunk) or gathering `sendmsg` (several) of `id`'s next batch.
     fn transmit(&mut self, id: ConnId) {
         let mut chunks = std::mem::take(&mut self.chunks);
         if !self.lc.take_batch(id, &mut chunks) {
@@ -295,18 +296,22 @@ impl<H: Handler> Worker<H> {
         }
         let total: usize = chunks.iter().map(Bytes::len).sum();
         let r = match self.stream(id) {
-            Some(s) => {
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                for (slot, c) in iov.iter_mut().zip(&chunks) {
-                    *slot = IoSlice::new(c);
-                }
-                loop {
-                    match sys::send_vectored(s.as_raw_fd(), &iov[..chunks.len()]) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        r => break r,
+            Some(s) => loop {
+                let r = match &chunks[..] {
+                    [one] => sys::send(s.as_raw_fd(), one),
+                    _ => {
+                        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                        for (slot, c) in iov.iter_mut().zip(&chunks) {
+                            *slot = IoSlice::new(c);
+                        }
+                        sys::send_vectored(s.as_raw_fd(), &iov[..chunks.len()])
                     }
+                };
+                match r {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    r => break r,
                 }
-            }
+            },
             None => Err(io::ErrorKind::NotConnected.into()),
         };
         match r {

@@ -115,7 +115,15 @@ pub(crate) fn close(fd: RawFd) {
 /// Non-blocking send of a short message on a socket with nothing else queued (a 101 response,
 /// an HTTP error to a connection we will not keep). Returns how many bytes were written.
 pub(crate) fn send_now(fd: RawFd, data: &[u8]) -> usize {
-    // SAFETY: `data` is a valid slice for the duration of the call.
+    send(fd, data).unwrap_or(0)
+}
+
+/// Non-blocking send of one buffer (`send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`): the epoll
+/// driver's call when a connection has one chunk to send (a broadcast delivery). Why not
+/// `sendmsg` with one iovec: the kernel then copies in a message header and imports an iovec
+/// array, and `bcast-floor` measured `send` 4-6% cheaper per delivery.
+pub(crate) fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of its length for the duration of the call.
     let n = unsafe {
         libc::send(
             fd,
@@ -124,7 +132,11 @@ pub(crate) fn send_now(fd: RawFd, data: &[u8]) -> usize {
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };
-    n.max(0) as usize
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// Non-blocking gathering send (`sendmsg(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`): the epoll
